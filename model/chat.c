@@ -1,0 +1,1 @@
+/* chat.c: placeholder, not yet written. */

@@ -1,0 +1,1 @@
+/* decoder.c: placeholder, not yet written. */

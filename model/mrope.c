@@ -1,0 +1,1 @@
+/* mrope.c: placeholder, not yet written. */

@@ -1,0 +1,1 @@
+/* vision.c: placeholder, not yet written. */

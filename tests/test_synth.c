@@ -1,0 +1,3 @@
+/* test_synth.c: placeholder suite, not yet written. */
+#include "testutil.h"
+int main(void) { return run_suite(suite_create("synth")); }

@@ -1,0 +1,30 @@
+/* testutil.h - shared helpers for the Check suites. */
+#ifndef QVL_TESTUTIL_H
+#define QVL_TESTUTIL_H
+
+#include <check.h>
+#include <stddef.h>
+
+/* tests/data in the source tree (read-only fixtures). */
+#define TEST_DATA QVL_TEST_DATA
+/* The build directory: ./qvl and the generated tests/models live here. */
+#define BUILD_DIR QVL_BUILD_DIR
+
+/* Path helpers: return a static buffer (rotating, 8 slots). */
+const char *data_path(const char *rel);      /* TEST_DATA "/" rel */
+const char *build_path(const char *rel);     /* BUILD_DIR "/" rel */
+/* A fresh empty directory under BUILD_DIR/tests/tmp (unique per call). */
+const char *tmp_dir(const char *tag);
+
+/* Reads a whole file (aborts the test on failure); *len optional. */
+char *slurp(const char *path, size_t *len);
+void write_file(const char *path, const void *data, size_t len);
+
+/* Runs a shell command, capturing stdout (and stderr into *err_out when non-NULL).
+ * Returns the exit status (or -1). Captured strings are malloc'd. */
+int run_cmd(const char *cmd, char **out, char **err_out);
+
+/* Runs a suite and returns the process exit status. */
+int run_suite(Suite *s);
+
+#endif

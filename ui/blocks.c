@@ -1,0 +1,1 @@
+/* blocks.c: placeholder, not yet written. */

@@ -1,0 +1,1 @@
+/* sixel.c: placeholder, not yet written. */

@@ -1,0 +1,1 @@
+/* term.c: placeholder, not yet written. */
