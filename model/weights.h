@@ -73,6 +73,8 @@ typedef struct {
     qvl_vision_weights vision;
     qvl_text_weights text;
     st_set *st;                        /* owns the mapping */
+    float **owned;                     /* the float copies above, freed with the model */
+    int n_owned;
 } qvl_model;
 
 /* Binds every tensor of an open checkpoint (taking ownership of `st` on success).
