@@ -1,15 +1,97 @@
-/* main.c - the qvl command: dispatch to a tool subcommand or to a chat mode. */
+/* main.c - the qvl command: a tool subcommand, or one of the chat modes.
+ *
+ *   qvl synth|tokenize|dump ...   tools (tools.h)
+ *   qvl [opts] -p TEXT            one-shot (batch.h)
+ *   qvl [opts] --jsonl            JSONL batch (jsonl.h)
+ *   qvl [opts] < script           plain batch, when stdin is not a terminal
+ *   qvl [opts]                    the full-screen chat, or the line mode
+ *
+ * Exit status: 0 ok, 1 runtime error, 2 usage error; errors are one line
+ * "qvl: ..." on stderr.  Cheap checks on the model directory and images run
+ * before the model loads, so a typo fails at once and names the file. */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include "common.h"
+#include "batch.h"
+#include "demo.h"
+#include "jsonl.h"
+#include "lineui.h"
+#include "options.h"
 #include "tools.h"
+#include "tui.h"
 
-static void usage(FILE *f) {
-    fprintf(f,
-        "usage: qvl [options]                 chat with a Qwen3-VL model\n"
-        "       qvl synth -c CONFIG.json --seed N -o DIR\n"
-        "       qvl tokenize [-m DIR | --tokenizer FILE] [--decode]\n"
-        "       qvl dump -m DIR -o OUT.safetensors < conversation.jsonl\n");
+/* The model directory exists and has a config.json. */
+static int check_model_dir(const char *dir) {
+    struct stat st;
+    if (stat(dir, &st)) {
+        fprintf(stderr, "qvl: model directory %s: %s\n", dir, strerror(errno));
+        return -1;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "qvl: model directory %s: not a directory\n", dir);
+        return -1;
+    }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (access(path, R_OK)) {
+        fprintf(stderr, "qvl: %s: %s (is %s a Qwen3-VL checkpoint directory?)\n",
+                path, strerror(errno), dir);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_images(const qvl_options *o) {
+    for (int i = 0; i < o->nimages; i++) {
+        struct stat st;
+        const char *p = o->images[i];
+        if (access(p, R_OK) || stat(p, &st)) {
+            fprintf(stderr, "qvl: cannot read image %s: %s\n", p, strerror(errno));
+            return -1;
+        }
+        if (S_ISDIR(st.st_mode)) {
+            fprintf(stderr, "qvl: cannot read image %s: it is a directory\n", p);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The interactive chat: full screen when the terminal allows, else line mode. */
+static int interactive(const qvl_options *o, const qvl_source *model) {
+    qvl_session_opts so;
+    options_session(o, model, &so);
+    tui_opts to = {
+        .images = images_mode_name(o->images_mode),
+        .attach = o->images,
+        .nattach = o->nimages,
+    };
+    char err[QVL_ERR_MAX];
+    err[0] = 0;
+    int r = (!o->line && tui_available()) ? tui_run(&so, &to, err) : lineui_run(&so, &to, err);
+    if (r) fprintf(stderr, "qvl: %s\n", err[0] ? err : "the chat failed");
+    return r ? QVL_EXIT_RUNTIME : QVL_EXIT_OK;
+}
+
+static int run(const qvl_options *o) {
+    qvl_source dir;
+    const qvl_source *model;
+    if (o->model_dir) {
+        if (check_model_dir(o->model_dir)) return QVL_EXIT_RUNTIME;
+        dir = source_dir(o->model_dir);
+        model = &dir;
+    } else {
+        model = demo_source();
+    }
+    if (check_images(o)) return QVL_EXIT_RUNTIME;
+    if (o->prompt) return oneshot_run(o, model, stdout);
+    if (o->jsonl) return jsonl_run(o, model, stdin, stdout);
+    if (!isatty(STDIN_FILENO)) return batch_run(o, model, stdin, stdout, NULL);
+    return interactive(o, model);
 }
 
 int main(int argc, char **argv) {
@@ -17,9 +99,22 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[1], "synth")) return tool_synth_main(argc - 1, argv + 1);
         if (!strcmp(argv[1], "tokenize")) return tool_tokenize_main(argc - 1, argv + 1);
         if (!strcmp(argv[1], "dump")) return tool_dump_main(argc - 1, argv + 1);
-        if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) { usage(stdout); return 0; }
-        if (!strcmp(argv[1], "--version")) { printf("qvl %s\n", PACKAGE_VERSION); return 0; }
     }
-    usage(stderr);
-    return 2;
+    qvl_options o;
+    char err[QVL_ERR_MAX];
+    int action = options_parse(argc, argv, &o, err), status;
+    if (action < 0) {
+        fprintf(stderr, "qvl: %s\n", err);
+        status = QVL_EXIT_USAGE;
+    } else if (action == OPTIONS_HELP) {
+        options_usage(stdout);
+        status = QVL_EXIT_OK;
+    } else if (action == OPTIONS_VERSION) {
+        printf("qvl %s\n", PACKAGE_VERSION);
+        status = QVL_EXIT_OK;
+    } else {
+        status = run(&o);
+    }
+    options_free(&o);
+    return status;
 }

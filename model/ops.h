@@ -1,0 +1,62 @@
+/* ops.h - the arithmetic of the forward pass, in float32.
+ *
+ * matmul is the only heavy operation: y[n, out] = x[n, in] . W^T for a weight
+ * in its stored dtype (bf16, f16 or f32; out-major or in-major; any row
+ * stride).  Everything else works on one row (a token's vector) at a time and
+ * is cheap. */
+#ifndef QVL_OPS_H
+#define QVL_OPS_H
+
+#include "weights.h"
+
+/* y[n, w->out] = x[n, w->in] . W^T  (y and x contiguous, distinct).
+ * One row (decoding) runs a vectorized dot-product kernel over the stored
+ * dtype; several rows convert weight tiles to float and call cblas_sgemm.
+ * Both split the outputs across the thread pool in fixed tiles, so the result
+ * does not depend on the thread count. */
+void matmul(float *y, const float *x, const qvl_weight *w, int n);
+
+/* y[n, cols] += b[cols] on every row. */
+void add_bias(float *y, const float *b, int n, int cols);
+/* y[i] += x[i] */
+void add_inplace(float *y, const float *x, int n);
+
+/* One vector of `dim` values (x and y may alias). */
+void rmsnorm(float *y, const float *x, const float *w, int dim, float eps);
+void layernorm(float *y, const float *x, const float *w, const float *b, int dim, float eps);
+void softmax(float *x, int n);
+
+/* In place over n values. */
+void silu(float *x, int n);
+void gelu_tanh(float *x, int n);      /* gelu_pytorch_tanh */
+void gelu_erf(float *x, int n);       /* nn.GELU() */
+
+/* Rotary embedding, rotate-half form, over one head of `dim` values:
+ * x' = x * cos + rotate_half(x) * sin, rotate_half(x) = (-x[d/2:], x[:d/2]). */
+void rope_rotate_half(float *x, const float *cos, const float *sin, int dim);
+
+/* One attention head for one query: out[dim] = sum_j softmax_j(scale * q.k_j) v_j
+ * over n keys/values that sit `stride` floats apart.  scores: n floats of scratch. */
+void attend(float *out, const float *q, const float *k, const float *v, int n, int stride,
+            int dim, float scale, float *scores);
+
+/* One attention head for a block of nq queries, through sgemm:
+ *   out[i] = sum_j softmax_j(scale * q_i.k_j) v_j,  j < visible(i)
+ * visible(i) = nk for full attention (causal_past < 0), else causal_past + i + 1
+ * (query i sits right after causal_past cached tokens).  q, k, v, out rows
+ * are ldq, ldk (k and v), ldo floats apart.  scores: nq*nk floats of scratch. */
+void attend_block(float *out, int ldo, const float *q, int ldq, const float *k, const float *v, int ldk,
+                  int nq, int nk, int dim, float scale, int causal_past, float *scores);
+
+/* OpenBLAS: our pool parallelizes around sgemm, so the library is kept at one
+ * thread (done on first use).  Debian's OpenBLAS 0.3.21 misdetects recent CPUs
+ * and picks slow kernels unless OPENBLAS_CORETYPE is set before the library
+ * loads: the program may setenv this value and re-exec itself early in main.
+ * Returns "SkylakeX" (AVX-512), "Haswell" (AVX2) or NULL. */
+const char *ops_openblas_coretype(void);
+/* Which matrix-vector kernel runs: "avx2" or "portable". */
+const char *ops_kernel_name(void);
+/* Forces the portable kernels (tests compare the two paths). */
+void ops_force_portable(int on);
+
+#endif

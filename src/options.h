@@ -1,0 +1,61 @@
+/* options.h - the qvl command line: parsed once in main, read by every mode.
+ *
+ * Parsing validates values and reports the first problem as one line naming
+ * the option (exit code 2).  Sampling options the user did not give stay
+ * "unset" (see sampling_unset in model/sampler.h): the session fills them from
+ * generation_config.json and the model card with sampling_resolve. */
+#ifndef QVL_OPTIONS_H
+#define QVL_OPTIONS_H
+
+#include <stdio.h>
+#include "session.h"
+
+/* Exit codes of the program. */
+#define QVL_EXIT_OK 0
+#define QVL_EXIT_RUNTIME 1
+#define QVL_EXIT_USAGE 2
+
+#define QVL_DEFAULT_CTX 8192
+#define QVL_DEFAULT_MAX_PIXELS 1048576L   /* 1024 image tokens of 32x32 pixels (the session applies it) */
+
+typedef enum { IMAGES_AUTO, IMAGES_SIXEL, IMAGES_BLOCKS, IMAGES_NONE } qvl_images_mode;
+
+typedef struct {
+    const char *model_dir;      /* -m; NULL: the built-in demo model */
+    const char *system;         /* -s */
+    const char **images;        /* -i, in order (argv pointers); without -p: the first message's */
+    int nimages;
+    const char *prompt;         /* -p; NULL: not one-shot */
+    int max_tokens;             /* -n; 0: until EOS or the context is full */
+    qvl_sampling_opts sampling; /* unset fields: model defaults */
+    int ignore_eos;
+    int ctx;                    /* -c */
+    int threads;                /* -t; 0: all cores */
+    long min_pixels;            /* 0: the model's */
+    long max_pixels;            /* 0: QVL_DEFAULT_MAX_PIXELS, or the model's limit if smaller */
+    int max_pixels_model;       /* --max-pixels model */
+    qvl_images_mode images_mode;/* --images, else $QVL_IMAGES, else auto */
+    int logprobs;               /* --logprobs N */
+    int verbose, quiet;
+    int jsonl;                  /* --jsonl */
+    int line;                   /* --line: readline line mode instead of the TUI */
+} qvl_options;
+
+typedef enum { OPTIONS_RUN, OPTIONS_HELP, OPTIONS_VERSION } qvl_options_action;
+
+/* Parses argv (argv[0] is the program name).  Returns the action, or -1 with
+ * a one-line message in err (QVL_ERR_MAX bytes): a usage error, exit code 2.
+ * Free with options_free, also after an error. */
+int options_parse(int argc, char **argv, qvl_options *o, char *err);
+void options_free(qvl_options *o);
+
+/* The --help text: every option with its default, the modes and the tools. */
+void options_usage(FILE *f);
+
+/* Session settings from the options (sampling still unset where the user was
+ * silent); `model` is the source the caller opened. */
+void options_session(const qvl_options *o, const qvl_source *model, qvl_session_opts *so);
+
+const char *images_mode_name(qvl_images_mode m);
+
+#endif
