@@ -5,7 +5,7 @@
  * weight in its stored dtype (bf16/f16/f32) and widens it in registers, so the
  * bytes read are the bytes stored.  Prefill and the vision encoder multiply
  * many rows: there the work is compute bound, so the weight is widened to
- * float one tile of TILE outputs at a time (a small per-thread buffer, never a
+ * float one tile of GEMM_TILE outputs at a time (a small per-thread buffer, never a
  * float copy of the model) and handed to OpenBLAS sgemm, single-threaded,
  * while our pool runs the tiles in parallel.  Tiles have a fixed size, so each
  * output comes from the same sgemm call whatever the thread count.
@@ -24,7 +24,11 @@
 #include "common.h"
 #include "threadpool.h"
 
-#define TILE 64     /* outputs per sgemm call and per in-major matvec task */
+/* Outputs per sgemm call: larger tiles repack the activations less often,
+ * smaller ones spread small matrices over more threads.  Fixed, so results
+ * never depend on the thread count. */
+#define GEMM_TILE 128
+#define COL_TILE 64     /* outputs per in-major matrix-vector task */
 
 void openblas_set_num_threads(int num_threads);   /* OpenBLAS extension */
 
@@ -186,13 +190,13 @@ static void matvec_rows(void *p, int begin, int end) {
     }
 }
 
-/* In-major: each task owns TILE outputs and sweeps every input row over them. */
+/* In-major: each task owns COL_TILE outputs and sweeps every input row over them. */
 static void matvec_cols(void *p, int begin, int end) {
     matvec_job *j = p;
     const qvl_weight *w = j->w;
     size_t es = qvl_dtype_size(w->dtype);
     for (int tile = begin; tile < end; tile++) {
-        int o0 = tile * TILE, cnt = w->out - o0 < TILE ? w->out - o0 : TILE;
+        int o0 = tile * COL_TILE, cnt = w->out - o0 < COL_TILE ? w->out - o0 : COL_TILE;
         float *y = j->y + o0;
         memset(y, 0, (size_t)cnt * sizeof(float));
         for (int i = 0; i < w->in; i++) {
@@ -205,7 +209,7 @@ static void matvec_cols(void *p, int begin, int end) {
 
 static void matvec(float *y, const float *x, const qvl_weight *w) {
     matvec_job j = { y, x, w, have_avx2() };
-    if (w->in_major) parallel_for((w->out + TILE - 1) / TILE, matvec_cols, &j);
+    if (w->in_major) parallel_for((w->out + COL_TILE - 1) / COL_TILE, matvec_cols, &j);
     else parallel_for(w->out, matvec_rows, &j);
 }
 
@@ -219,16 +223,16 @@ typedef struct {
     int avx2;
 } gemm_job;
 
-/* Tiles [begin, end): widen TILE outputs' weights, then one sgemm per tile. */
+/* Tiles [begin, end): widen GEMM_TILE outputs' weights, then one sgemm per tile. */
 static void gemm_tiles(void *p, int begin, int end) {
     gemm_job *j = p;
     const qvl_weight *w = j->w;
     int in = w->in, out = w->out;
     int direct = w->dtype == QVL_F32;        /* float weights are used in place */
-    float *buf = direct ? NULL : malloc((size_t)TILE * (size_t)in * sizeof(float));
+    float *buf = direct ? NULL : malloc((size_t)GEMM_TILE * (size_t)in * sizeof(float));
     if (!direct && !buf) abort();            /* a few hundred KB; nothing sane to do */
     for (int tile = begin; tile < end; tile++) {
-        int o0 = tile * TILE, cnt = out - o0 < TILE ? out - o0 : TILE;
+        int o0 = tile * GEMM_TILE, cnt = out - o0 < GEMM_TILE ? out - o0 : GEMM_TILE;
         float *y = j->y + o0;
         if (!w->in_major) {
             const float *b;
@@ -261,7 +265,7 @@ void matmul(float *y, const float *x, const qvl_weight *w, int n) {
     if (n == 1) { matvec(y, x, w); return; }
     pthread_once(&blas_once, blas_single_threaded);   /* before any worker calls sgemm */
     gemm_job j = { y, x, w, n, have_avx2() };
-    parallel_for((w->out + TILE - 1) / TILE, gemm_tiles, &j);
+    parallel_for((w->out + GEMM_TILE - 1) / GEMM_TILE, gemm_tiles, &j);
 }
 
 /* ---------------------------------------------------------------- elementwise */

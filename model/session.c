@@ -123,6 +123,7 @@ static void turn_free(turn *t) {
 }
 
 static void drop_turns(qvl_session *s, int k) {
+    if (k <= 0) return;
     for (int i = 0; i < k; i++) turn_free(&s->turns[i]);
     memmove(s->turns, s->turns + k, (size_t)(s->nturns - k) * sizeof *s->turns);
     s->nturns -= k;
@@ -250,7 +251,9 @@ qvl_session *session_open(const qvl_session_opts *o, const qvl_session_hooks *ho
     if (preproc_load(o->model, &s->preproc, err) != 0) goto fail;
     if (genconfig_load(o->model, &s->model->cfg, &s->gen, err) != 0) goto fail;
     if (!o->max_pixels_model) {
-        s->preproc.max_pixels = o->max_pixels > 0 ? o->max_pixels : DEFAULT_MAX_PIXELS;
+        /* an explicit --max-pixels wins; the default budget never exceeds the model's own limit */
+        if (o->max_pixels > 0) s->preproc.max_pixels = o->max_pixels;
+        else if (s->preproc.max_pixels > DEFAULT_MAX_PIXELS) s->preproc.max_pixels = DEFAULT_MAX_PIXELS;
         if (o->min_pixels > 0) s->preproc.min_pixels = o->min_pixels;
         if (s->preproc.min_pixels > s->preproc.max_pixels) s->preproc.min_pixels = s->preproc.max_pixels;
     }
@@ -312,11 +315,12 @@ static int encode_image(qvl_session *s, const qvl_part *p, qvl_vision_out *out, 
     qvl_image img;
     char label[64];
     int rc;
+    qvl_alpha alpha = s->opts.alpha_drop ? QVL_ALPHA_DROP : QVL_ALPHA_WHITE;
     if (p->image_path) {
-        rc = image_load_file(p->image_path, QVL_ALPHA_WHITE, &img, err);
+        rc = image_load_file(p->image_path, alpha, &img, err);
     } else {
         snprintf(label, sizeof label, "image data (%zu bytes)", p->image_size);
-        rc = image_load_mem(p->image_data, p->image_size, label, QVL_ALPHA_WHITE, &img, err);
+        rc = image_load_mem(p->image_data, p->image_size, label, alpha, &img, err);
     }
     if (rc) return -1;
     qvl_pixels px;
@@ -381,8 +385,11 @@ static int build_turn(qvl_session *s, const qvl_part *parts, int nparts, turn *t
             continue;
         }
         emit_state(s, QVL_STATE_ENCODING, (double)t->n_images / nimg);
-        t->parts[i].image_label = parts[i].image_path ? strdup(parts[i].image_path)
-                                                      : data_url_of(parts[i].image_data, parts[i].image_size);
+        /* kept for /save: an absolute path, so the saved conversation loads from anywhere */
+        char *abs = parts[i].image_path ? realpath(parts[i].image_path, NULL) : NULL;
+        t->parts[i].image_label = abs              ? abs
+                                  : parts[i].image_path ? strdup(parts[i].image_path)
+                                                        : data_url_of(parts[i].image_data, parts[i].image_size);
         rc = encode_image(s, &parts[i], &t->vision[t->n_images], &t->grids[t->n_images], err);
         if (rc) break;
         qvl_grid g = t->grids[t->n_images];

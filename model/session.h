@@ -39,6 +39,7 @@ typedef struct {
     int threads;                /* 0 = all cores */
     long min_pixels, max_pixels;/* image budget; <= 0: defaults (max 1048576; "model": preprocessor_config) */
     int max_pixels_model;       /* 1: use the checkpoint's preprocessor_config.json limits */
+    int alpha_drop;             /* transparent images: 0 composite over white, 1 drop alpha (as transformers) */
     int max_tokens;             /* per reply; <= 0: until EOS or context end */
     int ignore_eos;
     int logprobs;               /* top-N per generated token (0 = off) */

@@ -18,7 +18,7 @@
 enum {
     OPT_TEMP = 256, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P, OPT_REPEAT_PENALTY, OPT_PRESENCE_PENALTY,
     OPT_SEED, OPT_GREEDY, OPT_IGNORE_EOS, OPT_MIN_PIXELS, OPT_MAX_PIXELS, OPT_IMAGES,
-    OPT_LOGPROBS, OPT_JSONL, OPT_LINE, OPT_VERSION
+    OPT_LOGPROBS, OPT_JSONL, OPT_LINE, OPT_VERSION, OPT_ALPHA
 };
 
 static const struct option long_options[] = {
@@ -41,6 +41,7 @@ static const struct option long_options[] = {
     { "min-pixels", required_argument, NULL, OPT_MIN_PIXELS },
     { "max-pixels", required_argument, NULL, OPT_MAX_PIXELS },
     { "images", required_argument, NULL, OPT_IMAGES },
+    { "alpha", required_argument, NULL, OPT_ALPHA },
     { "logprobs", required_argument, NULL, OPT_LOGPROBS },
     { "jsonl", no_argument, NULL, OPT_JSONL },
     { "line", no_argument, NULL, OPT_LINE },
@@ -75,6 +76,8 @@ void options_usage(FILE *f) {
 "      --min-pixels N        smallest image area in pixels (default: the model's)\n"
 "      --max-pixels N|model  largest image area in pixels (default: %ld, or the\n"
 "                            model's limit if smaller; 'model': the model's limit)\n"
+"      --alpha white|drop    transparent images: composite over white (default), or\n"
+"                            drop the alpha channel as the transformers processor does\n"
 "Sampling (defaults: generation_config.json, else the model card):\n"
 "      --temp T              temperature, >= 0 (default: 0.7 Instruct, 1.0 Thinking)\n"
 "      --top-k N             keep the N most likely tokens, 0 = off (default: 20)\n"
@@ -197,14 +200,19 @@ static int parse_pixels(const char *opt, const char *arg, long *out, char *err) 
     return parse_int_in(opt, arg, 1, 1L << 30, out, err);
 }
 
-/* How getopt's '?' and ':' become one line naming the option. */
+/* How getopt's '?' and ':' become one line naming the option.  A long
+ * option has used up its argv element, so argv[optind - 1] is it; a short
+ * one may sit inside a cluster like -vZ, so it is named by optopt. */
 static void option_error(int c, char **argv, char *err) {
     const char *word = argv[optind - 1];
+    int is_short = optopt > 0 && optopt < 256 && strncmp(word, "--", 2) != 0;
     if (c == ':') {
-        if (optopt && optopt < 256 && word[1] != '-') qvl_seterr(err, "option -%c needs a value", optopt);
+        if (is_short) qvl_seterr(err, "option -%c needs a value", optopt);
         else qvl_seterr(err, "option %s needs a value", word);
-    } else if (optopt && word[1] != '-') {
+    } else if (optopt > 0 && optopt < 256 && !strchr(short_options + 1, optopt)) {
         qvl_seterr(err, "unknown option -%c (see qvl --help)", optopt);
+    } else if (optopt) {
+        qvl_seterr(err, "option %s takes no value", word);
     } else {
         qvl_seterr(err, "unknown option %s (see qvl --help)", word);
     }
@@ -264,6 +272,13 @@ static int apply_option(qvl_options *o, int c, const char *arg, char *err) {
     case OPT_LOGPROBS:
         if (parse_int_in("--logprobs", arg, 0, QVL_MAX_LOGPROBS, &l, err)) return -1;
         o->logprobs = (int)l;
+        return 0;
+    case OPT_ALPHA:
+        if (strcmp(arg, "white") && strcmp(arg, "drop")) {
+            qvl_seterr(err, "--alpha: expected white or drop, got '%s'", arg);
+            return -1;
+        }
+        o->alpha_drop = !strcmp(arg, "drop");
         return 0;
     case OPT_JSONL: o->jsonl = 1; return 0;
     case OPT_LINE: o->line = 1; return 0;
@@ -341,6 +356,7 @@ void options_session(const qvl_options *o, const qvl_source *model, qvl_session_
     so->min_pixels = o->min_pixels;
     so->max_pixels = o->max_pixels;
     so->max_pixels_model = o->max_pixels_model;
+    so->alpha_drop = o->alpha_drop;
     so->max_tokens = o->max_tokens;
     so->ignore_eos = o->ignore_eos;
     so->logprobs = o->logprobs;

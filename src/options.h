@@ -34,6 +34,7 @@ typedef struct {
     long min_pixels;            /* 0: the model's */
     long max_pixels;            /* 0: QVL_DEFAULT_MAX_PIXELS, or the model's limit if smaller */
     int max_pixels_model;       /* --max-pixels model */
+    int alpha_drop;             /* --alpha drop */
     qvl_images_mode images_mode;/* --images, else $QVL_IMAGES, else auto */
     int logprobs;               /* --logprobs N */
     int verbose, quiet;

@@ -205,6 +205,10 @@ START_TEST(bad_usage) {
     expect_error("--bogus", "--bogus", NULL);
     expect_error("--bogus=3", "--bogus=3", NULL);
     expect_error("-x", "-x", NULL);
+    expect_error("-Z", "--greedy", "-vZq", NULL);       /* inside a cluster, after a long option */
+    expect_error("--greedy=1", "--greedy=1", NULL);
+    expect_error("-m", "-vm", NULL);
+    expect_error("--model", "--model", NULL);
     expect_error("-m", "-m", NULL);
     expect_error("--temp", "--temp", NULL);
     expect_error("'stray'", "stray", NULL);

@@ -222,10 +222,10 @@ static void handle_line(lineui *L, char *line) {
     char err[QVL_ERR_MAX] = "";
     qvl_command cmd;
     char *pasted;
-    int rc = command_parse(line, &cmd, err);
-    if (rc < 0) say(L, "\033[31m", "%s", err);
+    int rc;
+    if ((pasted = pasted_image_path(line)) != NULL) { add_attachment(L, pasted); free(pasted); }
+    else if ((rc = command_parse(line, &cmd, err)) < 0) say(L, "\033[31m", "%s", err);
     else if (rc > 0) { run_command(L, &cmd); command_free(&cmd); }
-    else if ((pasted = pasted_image_path(line)) != NULL) { add_attachment(L, pasted); free(pasted); }
     else if (*line || L->nattach) send_text(L, command_message(line));
 }
 

@@ -652,7 +652,7 @@ static void draw_sixel_overlay(tui *T, entry *e, const pic_spot *o) {
 
 static int overlays_changed(const tui *T) {
     if (T->nov != T->nov_new) return 1;
-    return memcmp(T->ov, T->ov_new, (size_t)T->nov * sizeof *T->ov) != 0;
+    return T->nov > 0 && memcmp(T->ov, T->ov_new, (size_t)T->nov * sizeof *T->ov) != 0;
 }
 
 /* ------------------------------------------------------------ a frame */
@@ -805,10 +805,10 @@ static void submit(tui *T) {
     char err[QVL_ERR_MAX] = "";
     qvl_command cmd;
     char *pasted;
-    int rc = command_parse(line, &cmd, err);
-    if (rc < 0) notice(T, E_ERROR, "%s", err);
+    int rc;
+    if ((pasted = pasted_image_path(line)) != NULL) { attach_image(T, pasted); free(pasted); } /* before /commands: paths start with '/' */
+    else if ((rc = command_parse(line, &cmd, err)) < 0) notice(T, E_ERROR, "%s", err);
     else if (rc > 0) { run_command(T, &cmd); command_free(&cmd); }
-    else if ((pasted = pasted_image_path(line)) != NULL) { attach_image(T, pasted); free(pasted); }
     else send_message(T, command_message(line));
     free(line);
 }
