@@ -282,7 +282,7 @@ done:
 /* Checks the call and fills positions and the image-row map; no side effect
  * on the cache. */
 static int prepare(qvl_cache *c, const int *ids, int n, const qvl_image_input *images, int n_images,
-                   fwd_scratch *s, int *next, char *err) {
+                   fwd_scratch *s, char *err) {
     const qvl_config *cfg = &c->m->cfg;
     if (n < 1) { qvl_seterr(err, "decoder: no tokens to add"); return -1; }
     if ((long)c->len + n > c->ctx) {
@@ -303,7 +303,8 @@ static int prepare(qvl_cache *c, const int *ids, int n, const qvl_image_input *i
     qvl_grid *g = malloc(sizeof(qvl_grid) * (size_t)(n_images + 1));
     if (!g) { qvl_seterr(err, "out of memory"); return -1; }
     for (int i = 0; i < n_images; i++) g[i] = images[i].grid;
-    int rc = mrope_positions(ids, n, cfg->image_token_id, g, n_images, cache_next_pos(c), s->pos, next, err);
+    int next;    /* the same running maximum the commit recomputes per token */
+    int rc = mrope_positions(ids, n, cfg->image_token_id, g, n_images, cache_next_pos(c), s->pos, &next, err);
     free(g);
     if (rc) return -1;
     for (int i = 0; i < n_images; i++) {
@@ -331,8 +332,8 @@ int decoder_forward(qvl_cache *c, const int *ids, int n, const qvl_image_input *
     fwd_scratch s;
     if (n < 1) { qvl_seterr(err, "decoder: no tokens to add"); return -1; }
     if (scratch_alloc(&s, tc, n)) { qvl_seterr(err, "out of memory for %d new tokens", n); return -1; }
-    int next, rc = -1;   /* next: the position state after the call */
-    if (prepare(c, ids, n, images, n_images, &s, &next, err)) goto done;
+    int rc = -1;
+    if (prepare(c, ids, n, images, n_images, &s, err)) goto done;
 
     for (int i = 0; i < n; i++) {
         float *row = s.x + (size_t)i * H;

@@ -72,6 +72,7 @@ struct qvl_session {
     turn *turns;
     int nturns, capturns;
     int last_closed;                  /* the last turn's closure is in the cache */
+    int pending;                      /* the reply's last sampled token is not in the cache yet */
 
     /* the reply in progress */
     int generating;
@@ -186,6 +187,7 @@ static int rebuild(qvl_session *s, char *err) {
              feed(s, s->closure_ids, s->n_closure, NULL, 0, 0, err);
     }
     s->last_closed = 1;
+    s->pending = 0;
     s->have_logits = 0;
     return rc ? -1 : 0;
 }
@@ -466,7 +468,7 @@ int session_send(qvl_session *s, const qvl_part *parts, int nparts, char *err) {
         emit_state(s, QVL_STATE_IDLE, 1);
         return -1;
     }
-    int need = t.n_user + (s->last_closed ? 0 : s->n_closure);
+    int need = t.n_user + (s->last_closed ? 0 : s->n_closure) + s->pending;
     if (make_room(s, need, err) != 0 || push_turn(s, &t) != 0) {
         turn_free(&t);
         emit_state(s, QVL_STATE_IDLE, 1);
@@ -477,7 +479,12 @@ int session_send(qvl_session *s, const qvl_part *parts, int nparts, char *err) {
     double t0 = qvl_now();
     int len0 = cache_len(s->cache);
     int rc = 0;
-    if (!s->last_closed) rc = feed(s, s->closure_ids, s->n_closure, NULL, 0, 0, err);
+    if (s->pending && s->nturns >= 2) {
+        /* the previous reply's last token (stopped by the limit or a cancel) */
+        const turn *prev = &s->turns[s->nturns - 2];
+        rc = feed(s, &prev->reply_ids[prev->n_reply - 1], 1, NULL, 0, 0, err);
+    }
+    if (!rc && !s->last_closed) rc = feed(s, s->closure_ids, s->n_closure, NULL, 0, 0, err);
     qvl_image_input imgs[16];
     int ni = turn_images(cur, imgs);
     if (!rc) rc = feed(s, cur->user_ids, cur->n_user, imgs, ni, 1, err);
@@ -490,6 +497,7 @@ int session_send(qvl_session *s, const qvl_part *parts, int nparts, char *err) {
         emit_state(s, QVL_STATE_IDLE, 1);
         return -1;
     }
+    s->pending = 0;
     s->last_closed = 1; /* the previous reply is closed now; this one is open */
     double dt = qvl_now() - t0;
     s->info.prompt_tokens = cache_len(s->cache) - len0;
@@ -552,6 +560,7 @@ int session_next(qvl_session *s, qvl_token *tok, char *err) {
         if (cache_len(s->cache) >= cache_ctx(s->cache)) return finish(s, "length");
         if (decoder_step(s->cache, cur->reply_ids[cur->n_reply - 1], s->logits, err) != 0) return -1;
         s->have_logits = 1;
+        s->pending = 0;
         if (atomic_load(&s->cancel)) return finish(s, "cancelled");
     }
     qvl_sample smp;
@@ -570,6 +579,7 @@ int session_next(qvl_session *s, qvl_token *tok, char *err) {
         cur->cap_reply = cap;
     }
     cur->reply_ids[cur->n_reply++] = smp.id;
+    s->pending = 1;
     memset(tok, 0, sizeof *tok);
     tok->id = smp.id;
     tok->reasoning = s->in_reasoning;
@@ -620,6 +630,7 @@ void session_clear(qvl_session *s) {
     cache_truncate(s->cache, s->system_len, err);
     sampler_forget(s->sampler);
     s->last_closed = 1;
+    s->pending = 0;
     s->have_logits = 0;
     if (s->system_len) rebuild(s, err);
 }
@@ -633,6 +644,7 @@ int session_set_system(qvl_session *s, const char *text, char *err) {
     sampler_forget(s->sampler);
     if (cache_truncate(s->cache, 0, err) != 0) return -1;
     s->last_closed = 1;
+    s->pending = 0;
     s->have_logits = 0;
     return start_system(s, err);
 }

@@ -165,9 +165,16 @@ typedef struct {
     int nblocks, max_len;
 } vscratch;
 
+/* The block MLP's activation: transformers' ACT2FN names.  "gelu" is the
+ * exact (erf) form; gelu_pytorch_tanh and gelu_new are both the tanh form. */
+static int activation_is_erf(const char *act) { return !strcmp(act, "gelu"); }
+static int activation_known(const char *act) {
+    return !act[0] || !strcmp(act, "gelu") || !strcmp(act, "gelu_pytorch_tanh") || !strcmp(act, "gelu_new");
+}
+
 static void apply_activation(const char *act, float *x, int n) {
-    if (!strcmp(act, "gelu") || !strcmp(act, "gelu_new_erf")) gelu_erf(x, n);
-    else gelu_tanh(x, n);   /* gelu_pytorch_tanh, the published setting */
+    if (activation_is_erf(act)) gelu_erf(x, n);
+    else gelu_tanh(x, n);
 }
 
 static void vision_block(const qvl_vision_block *b, const char *act, float *x, const vdims *d, vscratch *s) {
@@ -206,6 +213,15 @@ static int check_inputs(const qvl_model *m, int n_patches, const qvl_grid *grids
     if (vc->merge < 1 || vc->heads < 1 || vc->hidden % vc->heads || (vc->hidden / vc->heads) % 4 ||
         vc->hidden / vc->heads / 2 > QVL_MAX_HALF) {
         qvl_seterr(err, "vision: hidden %d / heads %d gives no usable head size", vc->hidden, vc->heads);
+        return -1;
+    }
+    int side = (int)lround(sqrt((double)vc->num_pos_embed));
+    if (side < 1 || side * side != vc->num_pos_embed) {
+        qvl_seterr(err, "vision: num_position_embeddings %d is not a square grid", vc->num_pos_embed);
+        return -1;
+    }
+    if (!activation_known(vc->hidden_act)) {
+        qvl_seterr(err, "vision: hidden_act '%s' is not supported (gelu_pytorch_tanh, gelu_new, gelu)", vc->hidden_act);
         return -1;
     }
     for (int j = 0; j < vc->n_deepstack; j++)

@@ -539,6 +539,52 @@ START_TEST(tui_image_half_blocks) {
 }
 END_TEST
 
+/* Forced sixel (tmux 3.3 cannot show it, but we can read what was sent): the
+ * picture goes out as one DCS string at the cell where its rows start, those
+ * rows stay blank for curses, and scrolling it away overwrites them with spaces. */
+START_TEST(tui_image_sixel_stream) {
+    term t;
+    term_start(&t, "tui", "fake", "sixel", 80, 24, "1");
+    char raw[4300];
+    snprintf(raw, sizeof raw, "%s/out.raw", t.dir);
+    sh(NULL, "tmux -S '%s' pipe-pane -o -t t \"cat > '%s'\"", t.sock, raw);
+    term_wait_free(&t, "| idle", 10);
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "/image %s", data_path("images/a_80x60.png"));
+    term_type(&t, cmd);
+    term_keys(&t, "Enter");
+    /* 80x60 px fits the box unscaled; it covers ceil(60 / cell height) rows,
+     * 2 or 3 for the cells tmux may report (16x32 px, or qvl's 10x20 guess) */
+    char *s = term_wait(&t, "[image: a_80x60.png 80x60]", 10);
+    int caption = row_of(s, "[image: a_80x60.png");
+    ck_assert_msg(caption == 2 || caption == 3, "caption on row %d", caption);
+    ck_assert_int_eq(row_of(s, "\xE2\x96\x80"), -1);               /* no half blocks */
+    free(s);
+    usleep(200000);
+    size_t len;
+    char *out = slurp(raw, &len);
+    char *dcs = memmem(out, len, "\033[1;3H\033P", 8);              /* CUP row 1, column 3, then DCS */
+    ck_assert_msg(dcs != NULL, "no sixel at row 1 column 3");
+    char *q = memchr(dcs + 8, 'q', (size_t)(out + len - dcs - 8));
+    char *st = memmem(dcs, (size_t)(out + len - dcs), "\033\\", 2);
+    ck_assert(q && st && q < st);
+    free(out);
+    /* push it off the screen: its cells are cleared with spaces */
+    term_type(&t, "a long one");
+    term_keys(&t, "Enter");
+    term_wait_free(&t, "w340 ", 10);                        /* about 20 rows of reply: scrolled */
+    usleep(200000);
+    out = slurp(raw, &len);
+    ck_assert_msg(memmem(out, len, "\033[1;3H  ", 8) != NULL, "the picture's cells were not cleared");
+    free(out);
+    term_keys(&t, "Escape");
+    term_wait_free(&t, "[stopped]", 5);
+    term_keys(&t, "C-d");
+    free(term_finish(&t, 0));
+    term_stop(&t);
+}
+END_TEST
+
 START_TEST(tui_cancel_keeps_partial_reply) {
     term t;
     term_start(&t, "tui", "fake", "none", 80, 24, "30");
@@ -809,6 +855,7 @@ int main(int argc, char **argv) {
         tcase_set_timeout(tc, 60);
         tcase_add_test(tc, tui_question_answer_and_quit);
         tcase_add_test(tc, tui_image_half_blocks);
+        tcase_add_test(tc, tui_image_sixel_stream);
         tcase_add_test(tc, tui_cancel_keeps_partial_reply);
         tcase_add_test(tc, tui_resize_and_tiny_terminal);
         tcase_add_test(tc, tui_editing_history_help);
