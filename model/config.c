@@ -93,6 +93,7 @@ static void parse_text(reader *r, const cJSON *t, const cJSON *top, qvl_config *
     x->rms_eps = (float)need_num(r, t, "rms_norm_eps");
     x->max_position = opt_int(r, t, "max_position_embeddings", 262144, 1);
     x->attention_bias = opt_bool(r, t, "attention_bias", 0);
+    if (!r->failed && x->attention_bias) fail_key(r, "attention_bias", "is true: q/k/v biases are not part of Qwen3-VL and not supported");
     if (!r->failed && x->layers > QVL_MAX_LAYERS) fail_key(r, "num_hidden_layers", "is larger than qvl supports (256)");
     if (!r->failed && x->heads % x->kv_heads) fail_key(r, "num_attention_heads", "must be a multiple of num_key_value_heads");
     if (!r->failed && x->head_dim % 2) fail_key(r, "head_dim", "must be even");

@@ -150,12 +150,34 @@ static int turn_images(const turn *t, qvl_image_input *in) {
     return t->n_images;
 }
 
-/* Feeds ids (with the images of their image runs); logits of the last one into s->logits when want_logits. */
+/* Prompts are prefilled in chunks of about this many tokens, so that the
+ * decoder's scratch memory stays bounded for long messages; a chunk never
+ * splits an image's run of tokens (the decoder needs each image whole). */
+#define PREFILL_CHUNK 256 /* default of qvl_session_opts.prefill_chunk */
+
+/* Feeds ids (with the images of their image runs); logits of the last one into s->logits when want_logits.
+ * On error the cache is left as it was. */
 static int feed(qvl_session *s, const int *ids, int n, const qvl_image_input *imgs, int nimgs, int want_logits,
                 char *err) {
     if (n == 0) return 0;
-    if (decoder_forward(s->cache, ids, n, imgs, nimgs, want_logits ? s->logits : NULL, 0, NULL, err) != 0)
-        return -1;
+    int image_id = s->model->cfg.image_token_id, len0 = cache_len(s->cache), used_imgs = 0;
+    int chunk = s->opts.prefill_chunk > 0 ? s->opts.prefill_chunk : PREFILL_CHUNK;
+    for (int start = 0; start < n;) {
+        int end = start + chunk < n ? start + chunk : n;
+        while (end < n && ids[end] == image_id && ids[end - 1] == image_id) end++; /* finish the image run */
+        int chunk_imgs = 0;
+        for (int i = start; i < end; i++) chunk_imgs += ids[i] == image_id && (i == 0 || ids[i - 1] != image_id);
+        if (used_imgs + chunk_imgs > nimgs) chunk_imgs = nimgs - used_imgs; /* the decoder reports the mismatch */
+        int last = end == n;
+        if (decoder_forward(s->cache, ids + start, end - start, imgs + used_imgs, chunk_imgs,
+                            last && want_logits ? s->logits : NULL, 0, NULL, err) != 0) {
+            char e2[QVL_ERR_MAX];
+            cache_truncate(s->cache, len0, e2);
+            return -1;
+        }
+        used_imgs += chunk_imgs;
+        start = end;
+    }
     sampler_observe(s->sampler, ids, n);
     if (want_logits) s->have_logits = 1;
     return 0;

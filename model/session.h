@@ -46,6 +46,7 @@ typedef struct {
     qvl_sampling_opts sampling; /* already merged with the command line */
     const char *system;         /* system prompt or NULL */
     int verbose;
+    int prefill_chunk;          /* tokens per prefill step (0: 256); images are never split */
 } qvl_session_opts;
 
 typedef enum {

@@ -289,6 +289,35 @@ START_TEST(system_prompt_survives_clear) {
 }
 END_TEST
 
+/* A long message prefilled in small chunks (cut inside text, never inside the
+ * image) gives the same reply as one prefilled at once. */
+START_TEST(chunked_prefill_gives_the_same_reply) {
+    char *replies[2];
+    int chunks[2] = { 7, 100000 };
+    char text[2048] = "";
+    for (int i = 0; i < 40; i++) strcat(text, "Look at the shapes. ");
+    for (int k = 0; k < 2; k++) {
+        demo_src = source_dir(data_path("../../assets/demo-model"));
+        qvl_session_opts o = base_opts(&demo_src, 2048);
+        o.prefill_chunk = chunks[k];
+        char err[QVL_ERR_MAX];
+        qvl_session *s = session_open(&o, NULL, err);
+        ck_assert_msg(s != NULL, "%s", err);
+        qvl_part parts[3] = { { .text = text }, { .image_path = data_path("demo/example_5.png") },
+                              { .text = "Describe the image." } };
+        ck_assert_msg(session_send(s, parts, 3, err) == 0, "%s", err);
+        qvl_token tok;
+        while (session_next(s, &tok, err) == 1) {}
+        replies[k] = strdup(session_reply_text(s));
+        session_close(s);
+    }
+    ck_assert_str_eq(replies[0], replies[1]);
+    ck_assert_int_gt(strlen(replies[0]), 5);
+    free(replies[0]);
+    free(replies[1]);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("session");
     TCase *tc = tcase_create("core");
@@ -300,6 +329,7 @@ int main(void) {
     tcase_add_test(tc, save_and_load_continue_the_same);
     tcase_add_test(tc, failures_change_nothing);
     tcase_add_test(tc, system_prompt_survives_clear);
+    tcase_add_test(tc, chunked_prefill_gives_the_same_reply);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }
