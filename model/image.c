@@ -29,6 +29,7 @@
  * owned by its caller, so the caller can free whatever was allocated.  Neither
  * library is allowed to print. */
 #include "image.h"
+#include "dataurl.h"
 #include "common.h"
 
 #include <ctype.h>
@@ -463,83 +464,18 @@ void image_free(qvl_image *img) {
     img->width = img->height = 0;
 }
 
-/* ----------------------------------------------------- base64, data URLs */
-
-static int base64_value(int c) {
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == '+' || c == '-') return 62;    /* '-' and '_': the URL-safe alphabet */
-    if (c == '/' || c == '_') return 63;
-    return -1;
-}
-
-unsigned char *base64_decode(const char *text, size_t len, size_t *out_len, char *err) {
-    unsigned char *out = malloc(len / 4 * 3 + 3);
-    if (!out) {
-        qvl_seterr(err, "base64: out of memory for %zu characters", len);
-        return NULL;
-    }
-    size_t n = 0, i = 0;
-    uint32_t acc = 0;
-    int bits = 0, digits = 0;
-    for (; i < len && text[i] != '='; i++) {
-        unsigned char c = (unsigned char)text[i];
-        if (isspace(c)) continue;
-        int v = base64_value(c);
-        if (v < 0) {
-            free(out);
-            qvl_seterr(err, "base64: invalid character 0x%02x at offset %zu", c, i);
-            return NULL;
-        }
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        digits++;
-        if (bits >= 8) {
-            bits -= 8;
-            out[n++] = (unsigned char)(acc >> bits);
-            acc &= (1u << bits) - 1;
-        }
-    }
-    for (; i < len; i++) {        /* only padding and blanks may follow '=' */
-        unsigned char c = (unsigned char)text[i];
-        if (c != '=' && !isspace(c)) {
-            free(out);
-            qvl_seterr(err, "base64: data after the '=' padding at offset %zu", i);
-            return NULL;
-        }
-    }
-    if (digits % 4 == 1) {
-        free(out);
-        qvl_seterr(err, "base64: truncated input (%d digits left over)", digits % 4);
-        return NULL;
-    }
-    *out_len = n;
-    return out;
-}
+/* ----------------------------------------------------------- data URLs */
 
 int image_load_data_url(const char *url, qvl_alpha alpha, qvl_image *img, char *err) {
     memset(img, 0, sizeof *img);
-    const char *label = "data: URL";
-    if (strncasecmp(url, "data:", 5) != 0) {
-        qvl_seterr(err, "%s: does not start with \"data:\"", label);
-        return -1;
-    }
-    const char *comma = strchr(url, ',');
-    if (!comma) {
-        qvl_seterr(err, "%s: no ',' before the data", label);
-        return -1;
-    }
-    /* The media type parameters must say base64: pictures are binary. */
-    size_t meta = (size_t)(comma - url);
-    if (meta < 12 || strncasecmp(comma - 7, ";base64", 7) != 0) {
-        qvl_seterr(err, "%s: only base64 data URLs are supported", label);
-        return -1;
-    }
+    unsigned char *bytes;
     size_t n;
-    unsigned char *bytes = base64_decode(comma + 1, strlen(comma + 1), &n, err);
-    if (!bytes) return -1;
-    int rc = image_load_mem(bytes, n, label, alpha, img, err);
+    char why[QVL_ERR_MAX];
+    if (data_url_decode(url, &bytes, &n, why) != 0) {
+        qvl_seterr(err, "data: URL: %s", why);
+        return -1;
+    }
+    int rc = image_load_mem(bytes, n, "data: URL", alpha, img, err);
     free(bytes);
     return rc;
 }

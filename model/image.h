@@ -48,9 +48,6 @@ int image_load_mem(const void *data, size_t size, const char *label, qvl_alpha a
 int image_load_data_url(const char *url, qvl_alpha alpha, qvl_image *img, char *err);
 void image_free(qvl_image *img);
 
-/* Standard base64 (RFC 4648, '=' padding optional, whitespace ignored).
- * Returns a malloc'd buffer and its size in *out_len, or NULL with err set. */
-unsigned char *base64_decode(const char *text, size_t len, size_t *out_len, char *err);
 
 /* The Qwen2-VL smart_resize: the size (multiples of factor) the model sees
  * an height x width image at.  Python's round-half-to-even to the nearest

@@ -23,6 +23,7 @@
 
 #include "common.h"
 #include "threadpool.h"
+#include "quant.h"
 
 /* Outputs per sgemm call: larger tiles repack the activations less often,
  * smaller ones spread small matrices over more threads.  Fixed, so results
@@ -260,6 +261,7 @@ static void gemm_tiles(void *p, int begin, int end) {
 }
 
 void matmul(float *y, const float *x, const qvl_weight *w, int n) {
+    if (w->dtype == QVL_Q8 || w->dtype == QVL_Q4) { quant_matmul(y, x, w, n); return; }
     if (n <= 0 || w->out <= 0) return;
     if (w->in <= 0) { memset(y, 0, (size_t)n * (size_t)w->out * sizeof(float)); return; }
     if (n == 1) { matvec(y, x, w); return; }

@@ -11,7 +11,9 @@
 #include <stdio.h>
 #include "source.h"
 
-typedef enum { QVL_F32, QVL_F16, QVL_BF16, QVL_I64, QVL_I32, QVL_U8, QVL_I8, QVL_DTYPE_COUNT } qvl_dtype;
+/* QVL_Q8 and QVL_Q4 are qvl's own block-quantized matrices (quant.h), never a
+ * safetensors dtype: a `qvl quantize` checkpoint stores them as U8. */
+typedef enum { QVL_F32, QVL_F16, QVL_BF16, QVL_I64, QVL_I32, QVL_U8, QVL_I8, QVL_Q8, QVL_Q4, QVL_DTYPE_COUNT } qvl_dtype;
 
 #define ST_MAX_DIMS 8
 

@@ -20,8 +20,11 @@
 #include "chat.h"
 #include "common.h"
 #include "config.h"
+#include "dataurl.h"
 #include "decoder.h"
 #include "image.h"
+#include "message.h"
+#include "quant.h"
 #include "sampler.h"
 #include "threadpool.h"
 #include "tokenizer.h"
@@ -268,6 +271,7 @@ qvl_session *session_open(const qvl_session_opts *o, const qvl_session_hooks *ho
     emit_state(s, QVL_STATE_LOADING, 0);
     s->model = model_load(o->model, err);
     if (!s->model) goto fail;
+    if (model_quantize(s->model, o->quant, err) != 0) goto fail;
     emit_state(s, QVL_STATE_LOADING, 0.6);
     s->tok = tok_load_source(o->model, err);
     if (!s->tok) goto fail;
@@ -363,22 +367,9 @@ static int encode_image(qvl_session *s, const qvl_part *p, qvl_vision_out *out, 
     return 0;
 }
 
+/* An in-memory image, kept as a data: URL for /save. */
 static char *data_url_of(const unsigned char *data, size_t n) {
-    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    const char *mime = n > 3 && data[0] == 0xff && data[1] == 0xd8 ? "image/jpeg" : "image/png";
-    size_t len = strlen("data:;base64,") + strlen(mime) + 4 * ((n + 2) / 3) + 1;
-    char *s = malloc(len), *o;
-    if (!s) return NULL;
-    o = s + sprintf(s, "data:%s;base64,", mime);
-    for (size_t i = 0; i < n; i += 3) {
-        uint32_t v = (uint32_t)data[i] << 16 | (i + 1 < n ? (uint32_t)data[i + 1] << 8 : 0) | (i + 2 < n ? data[i + 2] : 0);
-        *o++ = b64[v >> 18 & 63];
-        *o++ = b64[v >> 12 & 63];
-        *o++ = i + 1 < n ? b64[v >> 6 & 63] : '=';
-        *o++ = i + 2 < n ? b64[v & 63] : '=';
-    }
-    *o = 0;
-    return s;
+    return data_url_encode(n > 3 && data[0] == 0xff && data[1] == 0xd8 ? "image/jpeg" : "image/png", data, n);
 }
 
 /* Builds a turn from the message parts: encodes the images and the ids. */
@@ -777,40 +768,6 @@ int session_save(const qvl_session *s, const char *path, char *err) {
     return rc;
 }
 
-/* A user line of a saved conversation into parts (pointing into the JSON). */
-static int parts_of(cJSON *content, qvl_part *parts, int max, unsigned char **blobs, int *nblobs, char *err) {
-    if (cJSON_IsString(content)) {
-        parts[0] = (qvl_part){ .text = content->valuestring };
-        return 1;
-    }
-    int n = 0;
-    for (cJSON *p = content ? content->child : NULL; p && n < max; p = p->next) {
-        cJSON *text = cJSON_GetObjectItem(p, "text"), *image = cJSON_GetObjectItem(p, "image");
-        cJSON *url = cJSON_GetObjectItem(cJSON_GetObjectItem(p, "image_url"), "url");
-        if (cJSON_IsString(text)) {
-            parts[n++] = (qvl_part){ .text = text->valuestring };
-        } else if (cJSON_IsString(image)) {
-            parts[n++] = (qvl_part){ .image_path = image->valuestring };
-        } else if (cJSON_IsString(url)) {
-            const char *comma = strchr(url->valuestring, ',');
-            if (strncmp(url->valuestring, "data:", 5) || !comma) {
-                qvl_seterr(err, "only data: URLs are supported for image_url");
-                return -1;
-            }
-            size_t len;
-            unsigned char *b = base64_decode(comma + 1, strlen(comma + 1), &len, err);
-            if (!b) return -1;
-            blobs[(*nblobs)++] = b;
-            parts[n++] = (qvl_part){ .image_data = b, .image_size = len };
-        }
-    }
-    if (n == 0) {
-        qvl_seterr(err, "a user message without text or images");
-        return -1;
-    }
-    return n;
-}
-
 /* Adds a finished exchange (user message + the reply text) without generating. */
 static int add_exchange(qvl_session *s, const qvl_part *parts, int nparts, const char *reply, char *err) {
     if (session_send(s, parts, nparts, err) != 0) return -1;
@@ -861,13 +818,11 @@ int session_load(qvl_session *s, const char *path, char *err) {
             pending_user = o;
             continue;
         } else if (!strcmp(role, "assistant") && pending_user) {
-            qvl_part parts[32];
-            unsigned char *blobs[32];
-            int nblobs = 0;
-            int n = parts_of(cJSON_GetObjectItem(pending_user, "content"), parts, 32, blobs, &nblobs, err);
+            qvl_message m = { 0 };
             const char *reply = cJSON_GetStringValue(content);
-            rc = n < 0 ? -1 : add_exchange(s, parts, n, reply ? reply : "", err);
-            for (int i = 0; i < nblobs; i++) free(blobs[i]);
+            rc = message_parse(cJSON_GetObjectItem(pending_user, "content"), &m, err);
+            if (!rc) rc = add_exchange(s, m.parts, m.nparts, reply ? reply : "", err);
+            message_free(&m);
             cJSON_Delete(pending_user);
             pending_user = NULL;
         } else {

@@ -16,6 +16,7 @@
 
 #include <stddef.h>
 #include "source.h"
+#include "quant.h"
 
 #define QVL_MAX_LOGPROBS 20
 
@@ -47,6 +48,7 @@ typedef struct {
     const char *system;         /* system prompt or NULL */
     int verbose;
     int prefill_chunk;          /* tokens per prefill step (0: 256); images are never split */
+    qvl_quant quant;            /* weights quantized at load (q8, q4) or as stored (none) */
 } qvl_session_opts;
 
 typedef enum {

@@ -11,6 +11,7 @@
  * in_major, so no expert is ever transposed or copied. */
 #include "weights.h"
 #include "common.h"
+#include "quant.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -77,6 +78,12 @@ static const st_tensor *find_shaped(binder *b, const char *name, int ndim, const
 
 static qvl_weight matrix(binder *b, const char *name, int out, int in) {
     qvl_weight w = { 0 };
+    /* A `qvl quantize` checkpoint: U8 rows of q8/q4 blocks (quant.h), used in place. */
+    const st_tensor *qt = b->failed ? NULL : st_find(b->st, name);
+    if (qt && qt->dtype == QVL_U8) {
+        if (quant_bind(qt->data, qt->ndim, qt->shape, out, in, &w, st_label(b->st), name, b->err)) b->failed = 1;
+        return w;
+    }
     const st_tensor *t = find(b, name);
     if (!t) return w;
     int64_t want[2] = { out, in };
@@ -297,6 +304,7 @@ qvl_model *model_load(const qvl_source *src, char *err) {
     if (!st) return NULL;
     qvl_model *m = model_bind(st, &cfg, err);
     if (!m) st_close(st);
+    else m->file_mapped = src->dir != NULL;
     return m;
 }
 
@@ -305,11 +313,13 @@ void model_free(qvl_model *m) {
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
     free_layers(m);
+    free(m->quant_data);
     st_close(m->st);
     free(m);
 }
 
 void weight_row_f32(const qvl_weight *w, int row, float *dst) {
+    if (quant_is_quantized(w->dtype)) { quant_dequant_row(w, row, dst); return; }
     const char *base = w->data;
     size_t es = qvl_dtype_size(w->dtype);
     for (int i = 0; i < w->in; i++) {

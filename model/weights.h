@@ -18,7 +18,8 @@
  * weights fed by input i, rows `ld` elements apart; the published MoE experts). */
 typedef struct {
     const void *data;
-    qvl_dtype dtype;      /* QVL_F32, QVL_F16 or QVL_BF16 (or a quantized type later) */
+    qvl_dtype dtype;      /* QVL_F32, QVL_F16 or QVL_BF16, or QVL_Q8 / QVL_Q4 (quant.h:
+                             always out-major, and then ld counts bytes) */
     int out, in;
     int in_major;
     int64_t ld;
@@ -75,6 +76,10 @@ typedef struct {
     st_set *st;                        /* owns the mapping */
     float **owned;                     /* the float copies above, freed with the model */
     int n_owned;
+    /* quant.h: the quantized copies (model_quantize), freed with the model, and
+     * whether the checkpoint is a file mapping (its unused pages can be dropped). */
+    void *quant_data;
+    int file_mapped;
 } qvl_model;
 
 /* Binds every tensor of an open checkpoint (taking ownership of `st` on success).
@@ -84,7 +89,7 @@ qvl_model *model_bind(st_set *st, const qvl_config *cfg, char *err);
 qvl_model *model_load(const qvl_source *src, char *err);
 void model_free(qvl_model *m);
 
-/* Reads one row of a weight (out-major) as float: used for embedding lookup. */
+/* Reads one row of a weight (out-major or quantized) as float: used for embedding lookup. */
 void weight_row_f32(const qvl_weight *w, int row, float *dst);
 
 #endif

@@ -99,6 +99,8 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[1], "synth")) return tool_synth_main(argc - 1, argv + 1);
         if (!strcmp(argv[1], "tokenize")) return tool_tokenize_main(argc - 1, argv + 1);
         if (!strcmp(argv[1], "dump")) return tool_dump_main(argc - 1, argv + 1);
+        if (!strcmp(argv[1], "bench")) return tool_bench_main(argc - 1, argv + 1);
+        if (!strcmp(argv[1], "quantize")) return tool_quantize_main(argc - 1, argv + 1);
     }
     qvl_options o;
     char err[QVL_ERR_MAX];

@@ -18,7 +18,7 @@
 enum {
     OPT_TEMP = 256, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P, OPT_REPEAT_PENALTY, OPT_PRESENCE_PENALTY,
     OPT_SEED, OPT_GREEDY, OPT_IGNORE_EOS, OPT_MIN_PIXELS, OPT_MAX_PIXELS, OPT_IMAGES,
-    OPT_LOGPROBS, OPT_JSONL, OPT_LINE, OPT_VERSION, OPT_ALPHA
+    OPT_LOGPROBS, OPT_JSONL, OPT_LINE, OPT_VERSION, OPT_ALPHA, OPT_QUANT
 };
 
 static const struct option long_options[] = {
@@ -38,6 +38,7 @@ static const struct option long_options[] = {
     { "ignore-eos", no_argument, NULL, OPT_IGNORE_EOS },
     { "ctx", required_argument, NULL, 'c' },
     { "threads", required_argument, NULL, 't' },
+    { "quant", required_argument, NULL, OPT_QUANT },
     { "min-pixels", required_argument, NULL, OPT_MIN_PIXELS },
     { "max-pixels", required_argument, NULL, OPT_MAX_PIXELS },
     { "images", required_argument, NULL, OPT_IMAGES },
@@ -60,7 +61,7 @@ void options_usage(FILE *f) {
 "       qvl [options] -p TEXT [-i IMAGE]...  one-shot: print the answer and exit\n"
 "       qvl [options] < script.txt           batch: one message per line, /commands\n"
 "       qvl [options] --jsonl < conv.jsonl   JSONL batch (OpenAI-style messages)\n"
-"       qvl synth | tokenize | dump ...      tools (qvl TOOL --help)\n"
+"       qvl synth | tokenize | dump | quantize ...  tools (qvl TOOL --help)\n"
 "\n"
 "Without -m, qvl runs its built-in demo model: a 3.7M-parameter Qwen3-VL that\n"
 "only knows about pictures of coloured circles, squares and triangles.\n"
@@ -73,6 +74,8 @@ void options_usage(FILE *f) {
 "  -n, --max-tokens N        reply length limit (default: 0 = until end of turn)\n"
 "  -c, --ctx N               context size in tokens (default: %d)\n"
 "  -t, --threads N           worker threads (default: 0 = all cores)\n"
+"      --quant q8|q4|none    quantize the text weights at load to 8 or 4 bits: faster\n"
+"                            and smaller, slightly less exact (default: none)\n"
 "      --min-pixels N        smallest image area in pixels (default: the model's)\n"
 "      --max-pixels N|model  largest image area in pixels (default: %ld, or the\n"
 "                            model's limit if smaller; 'model': the model's limit)\n"
@@ -258,6 +261,12 @@ static int apply_option(qvl_options *o, int c, const char *arg, char *err) {
         o->threads = (int)l;
         return 0;
     case OPT_IGNORE_EOS: o->ignore_eos = 1; return 0;
+    case OPT_QUANT:
+        if (quant_parse(arg, &o->quant)) {
+            qvl_seterr(err, "--quant: expected q8, q4 or none, got '%s'", arg);
+            return -1;
+        }
+        return 0;
     case OPT_MIN_PIXELS: return parse_pixels("--min-pixels", arg, &o->min_pixels, err);
     case OPT_MAX_PIXELS:
         if (!strcmp(arg, "model")) { o->max_pixels_model = 1; o->max_pixels = 0; return 0; }
@@ -363,4 +372,5 @@ void options_session(const qvl_options *o, const qvl_source *model, qvl_session_
     so->sampling = o->sampling;
     so->system = o->system;
     so->verbose = o->verbose;
+    so->quant = o->quant;
 }

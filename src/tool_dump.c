@@ -11,15 +11,24 @@
  * tensor by tensor.  The pixel values of every --pixel-values are concatenated
  * in order and split into images by the --grid list (patch grids).
  *
- * dump_forward() is the part that does not care where ids and pixels come
- * from: the conversation (JSONL) input goes through the tokenizer, chat
- * template and image preprocessor and then calls it the same way. */
+ * Without --ids, the prompt comes from a conversation on stdin in the JSONL
+ * message format of --jsonl: the system line (if any) and the first user
+ * message go through the chat template, the tokenizer (the model directory's
+ * tokenizer.json) and the image preprocessor (its preprocessor_config.json,
+ * as transformers would use it; --alpha drop reads transparent images as the
+ * transformers processor does), then through the same dump_forward(). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+
+#include "chat.h"
 #include "common.h"
+#include "image.h"
+#include "message.h"
+#include "tokenizer.h"
 #include "decoder.h"
 #include "mrope.h"
 #include "safetensors.h"
@@ -167,6 +176,106 @@ done:
     return rc;
 }
 
+/* ---------------------------------------------------------------- conversation input */
+
+typedef struct {
+    int *ids;
+    int n_ids;
+    float *pixels;
+    int n_patches;
+    int patch_dim;
+    qvl_grid *grids;
+    int n_images;
+} prompt_input;
+
+/* Appends one image's patches to the prompt; returns its image-token count. */
+static int add_image(prompt_input *p, const qvl_part *part, const qvl_preproc *pre, int alpha_drop, char *err) {
+    qvl_image img;
+    qvl_alpha alpha = alpha_drop ? QVL_ALPHA_DROP : QVL_ALPHA_WHITE;
+    int rc = part->image_path ? image_load_file(part->image_path, alpha, &img, err)
+                              : image_load_mem(part->image_data, part->image_size, "data: URL", alpha, &img, err);
+    if (rc) return -1;
+    qvl_pixels px;
+    rc = image_preprocess(&img, pre, &px, err);
+    image_free(&img);
+    if (rc) return -1;
+    float *grown = realloc(p->pixels, sizeof(float) * (size_t)(p->n_patches + px.n_patches) * px.patch_dim);
+    qvl_grid *g = realloc(p->grids, sizeof(qvl_grid) * (size_t)(p->n_images + 1));
+    if (grown) p->pixels = grown;
+    if (g) p->grids = g;
+    if (!grown || !g) {
+        pixels_free(&px);
+        qvl_seterr(err, "out of memory");
+        return -1;
+    }
+    memcpy(p->pixels + (size_t)p->n_patches * px.patch_dim, px.pixels, sizeof(float) * (size_t)px.n_patches * px.patch_dim);
+    p->n_patches += px.n_patches;
+    p->patch_dim = px.patch_dim;
+    p->grids[p->n_images++] = (qvl_grid){ px.grid_t, px.grid_h, px.grid_w };
+    int tokens = px.n_patches / (pre->merge * pre->merge);
+    pixels_free(&px);
+    return tokens;
+}
+
+/* The prompt of the first user message of a JSONL conversation read from f. */
+static int prompt_from_conversation(const qvl_source *src, FILE *f, int alpha_drop, prompt_input *p, char *err) {
+    char line[1 << 16];
+    cJSON *sys = NULL, *user = NULL;
+    int lineno = 0, rc = -1;
+    while (!user && fgets(line, sizeof line, f)) {
+        lineno++;
+        if (line[strspn(line, " \t\r\n")] == 0) continue;
+        cJSON *o = cJSON_Parse(line);
+        const char *role = cJSON_GetStringValue(cJSON_GetObjectItem(o, "role"));
+        if (!o || !role) {
+            qvl_seterr(err, "stdin line %d: not a JSON message with a \"role\"", lineno);
+            cJSON_Delete(o);
+            goto done;
+        }
+        if (!strcmp(role, "system") && !sys) sys = o;
+        else if (!strcmp(role, "user")) user = o;
+        else cJSON_Delete(o);
+    }
+    if (!user) {
+        qvl_seterr(err, "stdin: no user message (give --ids, or a JSONL conversation on stdin)");
+        goto done;
+    }
+    qvl_tokenizer *tok = tok_load_source(src, err);
+    if (!tok) goto done;
+    chat_format fmt;
+    qvl_preproc pre;
+    qvl_message m = { 0 };
+    chat_part *cp = NULL;
+    if (chat_format_load(src, &fmt, err) || preproc_load(src, &pre, err) ||
+        message_parse(cJSON_GetObjectItem(user, "content"), &m, err))
+        goto free_tok;
+    cp = calloc((size_t)m.nparts + 1, sizeof *cp);
+    if (!cp) { qvl_seterr(err, "out of memory"); goto free_tok; }
+    for (int i = 0; i < m.nparts; i++) {
+        cp[i].text = m.parts[i].text;
+        if (!m.parts[i].text && (cp[i].image_tokens = add_image(p, &m.parts[i], &pre, alpha_drop, err)) < 0) goto free_tok;
+    }
+    chat_part sp = { cJSON_GetStringValue(cJSON_GetObjectItem(sys, "content")), 0 };
+    chat_msg msgs[2] = { { CHAT_SYSTEM, &sp, 1 }, { CHAT_USER, cp, m.nparts } };
+    int has_sys = sys && sp.text;
+    tok_ids ids = { 0 };
+    if (chat_encode(&fmt, tok, msgs + !has_sys, 1 + has_sys, 1, &ids, err) == 0) {
+        p->ids = ids.v;
+        p->n_ids = (int)ids.n;
+        rc = 0;
+    } else {
+        tok_ids_free(&ids);
+    }
+free_tok:
+    free(cp);
+    message_free(&m);
+    tok_free(tok);
+done:
+    cJSON_Delete(sys);
+    cJSON_Delete(user);
+    return rc;
+}
+
 /* ---------------------------------------------------------------- arguments */
 
 static int parse_ints(const char *s, int **out, int *n, const char *what, char *err) {
@@ -244,13 +353,14 @@ done:
 }
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: qvl dump -m MODEL_DIR -o OUT.safetensors --ids 1,2,3\n"
+    fprintf(f, "usage: qvl dump -m MODEL_DIR -o OUT.safetensors [--alpha white|drop] [-t THREADS] < conversation.jsonl\n"
+               "       qvl dump -m MODEL_DIR -o OUT.safetensors --ids 1,2,3\n"
                "                [--pixel-values FILE.safetensors:TENSOR]... [--grid T,H,W]... [-t THREADS]\n");
 }
 
 int tool_dump_main(int argc, char **argv) {
     const char *model_dir = NULL, *out = NULL;
-    int *ids = NULL, n_ids = 0, n_patches = 0, patch_dim = 0, n_images = 0, threads = 0, status = 1;
+    int *ids = NULL, n_ids = 0, n_patches = 0, patch_dim = 0, n_images = 0, threads = 0, status = 1, alpha_drop = 0;
     float *pixels = NULL;
     qvl_grid *grids = NULL;
     qvl_model *m = NULL;
@@ -264,6 +374,14 @@ int tool_dump_main(int argc, char **argv) {
         const char *v = argv[++i];
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) model_dir = v;
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) out = v;
+        else if (!strcmp(a, "--alpha")) {
+            if (strcmp(v, "white") && strcmp(v, "drop")) {
+                fprintf(stderr, "qvl dump: --alpha: expected white or drop, got '%s'\n", v);
+                status = 2;
+                goto done;
+            }
+            alpha_drop = !strcmp(v, "drop");
+        }
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
             char *end;
             threads = (int)strtol(v, &end, 10);
@@ -290,8 +408,8 @@ int tool_dump_main(int argc, char **argv) {
             goto done;
         }
     }
-    if (!model_dir || !out || !ids) {
-        fprintf(stderr, "qvl dump: -m, -o and --ids are required\n");
+    if (!model_dir || !out) {
+        fprintf(stderr, "qvl dump: -m and -o are required\n");
         usage(stderr);
         status = 2;
         goto done;
@@ -303,6 +421,21 @@ int tool_dump_main(int argc, char **argv) {
     }
     if (threads) pool_set_threads(threads);
     qvl_source src = source_dir(model_dir);
+    if (!ids) {
+        if (n_patches || n_images) {
+            qvl_seterr(err, "--pixel-values and --grid need --ids (a conversation brings its own images)");
+            status = 2;
+            goto fail;
+        }
+        prompt_input p = { 0 };
+        if (prompt_from_conversation(&src, stdin, alpha_drop, &p, err)) {
+            free(p.pixels);
+            free(p.grids);
+            goto fail;
+        }
+        ids = p.ids, n_ids = p.n_ids, pixels = p.pixels, n_patches = p.n_patches, grids = p.grids, n_images = p.n_images;
+        patch_dim = p.patch_dim;
+    }
     if (!(m = model_load(&src, err))) goto fail;
     if (n_patches > 0 && patch_dim != m->vision.patch.in) {
         qvl_seterr(err, "pixel values have rows of %d values, the model expects %d", patch_dim, m->vision.patch.in);

@@ -6,5 +6,7 @@
 int tool_synth_main(int argc, char **argv);
 int tool_tokenize_main(int argc, char **argv);
 int tool_dump_main(int argc, char **argv);
+int tool_bench_main(int argc, char **argv);
+int tool_quantize_main(int argc, char **argv);
 
 #endif

@@ -820,6 +820,94 @@ END_TEST
 
 /* ---------------------------------------------------------------- the dump tool */
 
+/* Every golden tensor of case `cname` against a `qvl dump` output file. */
+static void compare_dump(const char *out, const char *model, const char *cname) {
+    char err[QVL_ERR_MAX] = "", prefix[64];
+    snprintf(prefix, sizeof prefix, "%s.", cname);
+    size_t plen = strlen(prefix);
+    st_set *d = st_open_file(out, err);
+    ck_assert_msg(d != NULL, "%s", err);
+    st_set *g = open_goldens(model);
+    int compared = 0;
+    for (size_t i = 0; i < st_count(g); i++) {
+        const st_tensor *t = st_at(g, i);
+        if (strncmp(t->name, prefix, plen)) continue;
+        const st_tensor *mine = st_find(d, t->name + plen);
+        ck_assert_msg(mine != NULL, "dump lacks %s", t->name + plen);
+        ck_assert_int_eq(mine->ndim, t->ndim);
+        for (int k = 0; k < t->ndim; k++) ck_assert_int_eq(mine->shape[k], t->shape[k]);
+        ck_assert_int_eq(mine->dtype, t->dtype);
+        if (t->dtype == QVL_F32) {
+            float *a = golden_f32(mine), *b = golden_f32(t);
+            double e = rel_l2(a, b, (size_t)t->numel);
+            ck_assert_msg(e < 1e-4, "%s dump %s: relative error %g", model, t->name, e);
+            free(a); free(b);
+        } else {
+            ck_assert(!memcmp(mine->data, t->data, t->nbytes));
+        }
+        compared++;
+    }
+    ck_assert_int_ge(compared, 7);
+    /* the ids the dump ran are the golden input_ids */
+    const cJSON *c = jget(jget(jget(goldens(), model), "cases"), cname);
+    int n;
+    int *ids = json_ints(jget(c, "input_ids"), &n);
+    const st_tensor *mine = st_find(d, "input_ids");
+    ck_assert(mine != NULL && mine->numel == n);
+    for (int i = 0; i < n; i++) ck_assert_int_eq((int)((const int64_t *)mine->data)[i], ids[i]);
+    free(ids);
+    st_close(d);
+    st_close(g);
+}
+
+/* The whole pipeline: a conversation (JSONL) through the chat template, the
+ * tokenizer, the image preprocessor and the model gives every golden tensor. */
+START_TEST(dump_from_conversation) {
+    const char *models[2] = { "tiny-qwen3vl", "tiny-qwen3vl-moe" };
+    const char *img = TEST_DATA "/images/";
+    char conv[4][1024];
+    const char *cases[4] = { "text", "image", "two_images", "text_then_image" };
+    snprintf(conv[0], sizeof conv[0], "{\"role\":\"user\",\"content\":\"Hello! Describe the weather in three words.\"}\n");
+    snprintf(conv[1], sizeof conv[1], "{\"role\":\"user\",\"content\":[{\"type\":\"image\",\"image\":\"%sa_80x60.png\"},"
+             "{\"type\":\"text\",\"text\":\"What is in this image?\"}]}\n", img);
+    snprintf(conv[2], sizeof conv[2], "{\"role\":\"system\",\"content\":\"You are a careful assistant.\"}\n"
+             "{\"role\":\"user\",\"content\":[{\"type\":\"image\",\"image\":\"%sb_50x130_rgba.png\"},"
+             "{\"type\":\"text\",\"text\":\" and \"},{\"type\":\"image\",\"image\":\"%sd_300x200.jpg\"},"
+             "{\"type\":\"text\",\"text\":\"Compare the two pictures.\"}]}\n", img, img);
+    snprintf(conv[3], sizeof conv[3], "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"Look at this:\"},"
+             "{\"type\":\"image\",\"image\":\"%sc_33x47_gray.png\"}]}\n", img);
+    for (int mi = 0; mi < 2; mi++) {
+        /* the synthetic model plus the Qwen tokenizer */
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s", tmp_dir(models[mi]));  /* tmp_dir's buffer is reused */
+        char cmd[16384];
+        snprintf(cmd, sizeof cmd, "cp '%s/tests/models/%s'/* '%s'/ && cp '%s'/tokenizer/* '%s'/", BUILD_DIR, models[mi], dir,
+                 TEST_DATA, dir);
+        ck_assert_int_eq(system(cmd), 0);
+        for (int k = 0; k < 4; k++) {
+            char in[4200], out[4200];
+            snprintf(in, sizeof in, "%s/%s.jsonl", dir, cases[k]);
+            snprintf(out, sizeof out, "%s/%s.safetensors", dir, cases[k]);
+            write_file(in, conv[k], strlen(conv[k]));
+            /* the goldens' processor dropped the alpha channel of the RGBA image */
+            snprintf(cmd, sizeof cmd, "'%s' dump -m '%s' -o '%s' --alpha drop < '%s'", build_path("qvl"), dir, out, in);
+            char *err_text = NULL;
+            int rc = run_cmd(cmd, NULL, &err_text);
+            ck_assert_msg(rc == 0, "qvl dump %s failed (%d): %s", cases[k], rc, err_text);
+            free(err_text);
+            compare_dump(out, models[mi], cases[k]);
+        }
+    }
+    /* no user message: a one-line error */
+    char cmd[8192], *err_text;
+    snprintf(cmd, sizeof cmd, "echo '{\"role\":\"system\",\"content\":\"x\"}' | '%s' dump -m '%s' -o /tmp/x.st",
+             build_path("qvl"), build_path("tests/models/tiny-qwen3vl"));
+    ck_assert_int_eq(run_cmd(cmd, NULL, &err_text), 1);
+    ck_assert_msg(strstr(err_text, "no user message"), "%s", err_text);
+    free(err_text);
+}
+END_TEST
+
 START_TEST(dump_tool_writes_golden_names) {
     const cJSON *c = jget(jget(jget(goldens(), "tiny-qwen3vl"), "cases"), "image");
     int n;
@@ -837,33 +925,7 @@ START_TEST(dump_tool_writes_golden_names) {
     int rc = run_cmd(cmd, NULL, &err_text);
     ck_assert_msg(rc == 0, "qvl dump failed (%d): %s", rc, err_text);
     free(err_text);
-    char err[QVL_ERR_MAX] = "";
-    st_set *d = st_open_file(out, err);
-    ck_assert_msg(d != NULL, "%s", err);
-    st_set *g = open_goldens("tiny-qwen3vl");
-    int compared = 0;
-    for (size_t i = 0; i < st_count(g); i++) {
-        const st_tensor *t = st_at(g, i);
-        if (strncmp(t->name, "image.", 6)) continue;
-        const st_tensor *mine = st_find(d, t->name + 6);
-        ck_assert_msg(mine != NULL, "dump lacks %s", t->name + 6);
-        ck_assert_int_eq(mine->ndim, t->ndim);
-        for (int k = 0; k < t->ndim; k++) ck_assert_int_eq(mine->shape[k], t->shape[k]);
-        ck_assert_int_eq(mine->dtype, t->dtype);
-        if (t->dtype == QVL_F32) {
-            float *a = golden_f32(mine), *b = golden_f32(t);
-            double e = rel_l2(a, b, (size_t)t->numel);
-            ck_assert_msg(e < 1e-4, "dump %s: relative error %g", t->name, e);
-            free(a); free(b);
-        } else {
-            ck_assert(!memcmp(mine->data, t->data, t->nbytes));
-        }
-        compared++;
-    }
-    ck_assert_int_ge(compared, 17);
-    ck_assert(st_find(d, "input_ids") != NULL);
-    st_close(d);
-    st_close(g);
+    compare_dump(out, "tiny-qwen3vl", "image");
     /* A bad option is a usage error with a message. */
     snprintf(cmd, sizeof cmd, "'%s' dump -m '%s' -o '%s' --ids 1,x", build_path("qvl"),
              build_path("tests/models/tiny-qwen3vl"), out);
@@ -895,6 +957,7 @@ int main(void) {
     tcase_add_test(gold, truncate_restores_state);
     tcase_add_test(gold, bad_inputs_are_errors);
     tcase_add_test(gold, dump_tool_writes_golden_names);
+    tcase_add_test(gold, dump_from_conversation);
     suite_add_tcase(s, gold);
     if (getenv("QVL_SHAPE_GOLDEN")) {
         TCase *shape = tcase_create("shape-2b");

@@ -544,7 +544,7 @@ END_TEST
  * rows stay blank for curses, and scrolling it away overwrites them with spaces. */
 START_TEST(tui_image_sixel_stream) {
     term t;
-    term_start(&t, "tui", "fake", "sixel", 80, 24, "1");
+    term_start(&t, "tui", "fake", "sixel", 80, 24, "5");
     char raw[4300];
     snprintf(raw, sizeof raw, "%s/out.raw", t.dir);
     sh(NULL, "tmux -S '%s' pipe-pane -o -t t \"cat > '%s'\"", t.sock, raw);
@@ -573,12 +573,11 @@ START_TEST(tui_image_sixel_stream) {
     term_type(&t, "a long one");
     term_keys(&t, "Enter");
     term_wait_free(&t, "w340 ", 10);                        /* about 20 rows of reply: scrolled */
-    usleep(200000);
+    term_keys(&t, "Escape");
+    term_wait_free(&t, "[stopped]", 5);
     out = slurp(raw, &len);
     ck_assert_msg(memmem(out, len, "\033[1;3H  ", 8) != NULL, "the picture's cells were not cleared");
     free(out);
-    term_keys(&t, "Escape");
-    term_wait_free(&t, "[stopped]", 5);
     term_keys(&t, "C-d");
     free(term_finish(&t, 0));
     term_stop(&t);

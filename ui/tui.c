@@ -796,6 +796,7 @@ static void submit(tui *T) {
     sb_set(&T->in, "");
     T->cur = 0;
     T->scroll_back = 0;                             /* Enter brings the end back into view */
+    T->show_top_of = 0;
     T->hist_pos = T->nhist + (*line ? 1 : 0);
     free(T->draft);
     T->draft = NULL;

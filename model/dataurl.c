@@ -1,6 +1,7 @@
 /* dataurl.c - decoding "data:" URLs, the way JSONL input carries images
  * inline (OpenAI's image_url parts).  Only base64 payloads: that is what
  * every client sends for binary data. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -55,4 +56,21 @@ int data_url_decode(const char *url, unsigned char **data, size_t *len, char *er
     if (base64_decode(comma + 1, data, len)) { qvl_seterr(err, "data: URL has invalid base64"); return -1; }
     if (*len == 0) { free(*data); qvl_seterr(err, "data: URL holds no data"); return -1; }
     return 0;
+}
+
+char *data_url_encode(const char *mime, const unsigned char *data, size_t n) {
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t len = strlen("data:;base64,") + strlen(mime) + 4 * ((n + 2) / 3) + 1;
+    char *s = malloc(len);
+    if (!s) return NULL;
+    char *o = s + sprintf(s, "data:%s;base64,", mime);
+    for (size_t i = 0; i < n; i += 3) {
+        unsigned v = (unsigned)data[i] << 16 | (i + 1 < n ? (unsigned)data[i + 1] << 8 : 0) | (i + 2 < n ? data[i + 2] : 0);
+        *o++ = b64[v >> 18 & 63];
+        *o++ = b64[v >> 12 & 63];
+        *o++ = i + 1 < n ? b64[v >> 6 & 63] : '=';
+        *o++ = i + 2 < n ? b64[v & 63] : '=';
+    }
+    *o = 0;
+    return s;
 }

@@ -10,4 +10,7 @@
  * holds no data. */
 int data_url_decode(const char *url, unsigned char **data, size_t *len, char *err);
 
+/* "data:MIME;base64,..." for len bytes (malloc'd), or NULL when out of memory. */
+char *data_url_encode(const char *mime, const unsigned char *data, size_t len);
+
 #endif

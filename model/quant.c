@@ -1,0 +1,673 @@
+/* quant.c - block quantization of weight matrices and integer dot products.
+ *
+ * Decoding one token reads every weight once, so its speed is memory
+ * bandwidth divided by bytes per weight: 8.5 bits (q8) or 4.5 bits (q4)
+ * instead of 16 makes it about 2x or 3.5x faster, and the model smaller.
+ *
+ * Formats.  A row of `in` weights is padded with zeros to in_pad (a multiple
+ * of 64) and cut into nb = in_pad/32 blocks of 32; block b has one scale d[b]
+ * and 32 small integers q, weight = d[b] * q.  A row is stored as
+ *
+ *   q8:  in_pad int8 q (-127..127), then nb float16 scales (little endian).
+ *        d = max|w| / 127, q = round(w / d).             in_pad + 2*nb bytes
+ *   q4:  in_pad/2 bytes of 4-bit codes, then nb float16 scales.
+ *        q in -8..7, stored as the nibble q + 8.  d starts as m / -8 (m the
+ *        weight of largest magnitude, so m itself maps to -8), then is refit by
+ *        least squares for the chosen q (d = sum w q / sum q q).
+ *        Codes go in groups of 128 weights (the last group has 64 when in_pad
+ *        is not a multiple of 128): in a group of G weights, byte j of the
+ *        group's G/2 bytes holds weight j in its low nibble and weight j + G/2
+ *        in its high nibble.                              in_pad/2 + 2*nb bytes
+ *
+ * In a checkpoint written by `qvl quantize` such a matrix is a tensor of dtype
+ * U8 and shape [out, row bytes]; the row size tells q8 from q4 (in_pad*17/16
+ * against in_pad*9/16), and __metadata__ carries "qvl.quant" ("q8"/"q4") and
+ * "qvl.quantized" (a JSON list of the tensor names).  model_load maps them in
+ * place.  MoE experts are stored per expert (mlp.experts.<e>.gate_proj.weight
+ * ...), out-major, and a tied lm_head as its own lm_head.weight.
+ *
+ * Products.  Each activation row is quantized the same way (int8, 32 per
+ * block, float scale) so a block's dot product is exact integer arithmetic:
+ *   AVX-512 VNNI: vpdpbusd multiplies unsigned by signed bytes, so the weights
+ *     enter unsigned (q8: q + 128 by flipping the top bit; q4: the nibble
+ *     q + 8) and the offset times the block's activation sum is taken off;
+ *   AVX2: vpmaddubsw on |x| and sign(x)*q (q8) or on the nibbles (q4);
+ *   portable C: plain int32 sums.
+ * A block then adds d_w * d_x * dot to a float sum.  Every output is one such
+ * row dot product on one thread, so prefill (many rows) and decoding (one)
+ * give the same value for a token, whatever the thread count. */
+#include "quant.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "threadpool.h"
+
+/* ---------------------------------------------------------------- names and sizes */
+
+int quant_parse(const char *s, qvl_quant *q) {
+    if (!strcmp(s, "none")) *q = QVL_QUANT_NONE;
+    else if (!strcmp(s, "q8")) *q = QVL_QUANT_Q8;
+    else if (!strcmp(s, "q4")) *q = QVL_QUANT_Q4;
+    else return -1;
+    return 0;
+}
+
+const char *quant_name(qvl_quant q) {
+    return q == QVL_QUANT_Q8 ? "q8" : q == QVL_QUANT_Q4 ? "q4" : "none";
+}
+
+qvl_dtype quant_dtype(qvl_quant q) {
+    return q == QVL_QUANT_Q8 ? QVL_Q8 : q == QVL_QUANT_Q4 ? QVL_Q4 : QVL_DTYPE_COUNT;
+}
+
+int quant_is_quantized(qvl_dtype t) { return t == QVL_Q8 || t == QVL_Q4; }
+
+int quant_in_padded(int in) { return (in + 63) & ~63; }
+
+size_t quant_row_bytes(qvl_dtype t, int in) {
+    size_t pad = (size_t)quant_in_padded(in), nb = pad / QUANT_BLOCK;
+    return (t == QVL_Q8 ? pad : pad / 2) + 2 * nb;
+}
+
+/* Where the scales of a row start. */
+static size_t scales_offset(qvl_dtype t, int in_pad) {
+    return t == QVL_Q8 ? (size_t)in_pad : (size_t)in_pad / 2;
+}
+
+static float load_f16(const uint8_t *p) {
+    return qvl_f16_to_f32((uint16_t)(p[0] | p[1] << 8));
+}
+
+static void store_f16(uint8_t *p, float v) {
+    uint16_t h = qvl_f32_to_f16(v);
+    p[0] = (uint8_t)h;
+    p[1] = (uint8_t)(h >> 8);
+}
+
+/* The byte and shift of weight i's code in a q4 row of in_pad weights. */
+static void q4_code_at(int i, int in_pad, int *byte, int *shift) {
+    int g0 = i & ~127, G = in_pad - g0 < 128 ? in_pad - g0 : 128, j = i - g0;
+    *byte = g0 / 2 + (j < G / 2 ? j : j - G / 2);
+    *shift = j < G / 2 ? 0 : 4;
+}
+
+/* ---------------------------------------------------------------- quantizing */
+
+/* A float16 scale that the quantizer then uses exactly as the kernels will. */
+static float f16_round(float d) {
+    if (d > 65504.0f) d = 65504.0f;
+    if (d < -65504.0f) d = -65504.0f;
+    return qvl_f16_to_f32(qvl_f32_to_f16(d));
+}
+
+static void quant_block_q8(const float *w, int8_t *q, uint8_t *scale) {
+    float amax = 0;
+    for (int j = 0; j < QUANT_BLOCK; j++) amax = fmaxf(amax, fabsf(w[j]));
+    float d = f16_round(amax / 127.0f), id = d != 0 ? 1.0f / d : 0;
+    for (int j = 0; j < QUANT_BLOCK; j++) {
+        float v = roundf(w[j] * id);
+        q[j] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
+    }
+    store_f16(scale, d);
+}
+
+/* q in -8..7 for d (or 0 when d is 0). */
+static void q4_codes(const float *w, float d, int8_t *q) {
+    float id = d != 0 ? 1.0f / d : 0;
+    for (int j = 0; j < QUANT_BLOCK; j++) {
+        float v = roundf(w[j] * id);
+        q[j] = (int8_t)(v > 7 ? 7 : v < -8 ? -8 : v);
+    }
+}
+
+static void quant_block_q4(const float *w, int8_t *q, uint8_t *scale) {
+    float m = 0;
+    for (int j = 0; j < QUANT_BLOCK; j++) if (fabsf(w[j]) > fabsf(m)) m = w[j];
+    float d = f16_round(m / -8.0f);
+    q4_codes(w, d, q);
+    /* The least-squares scale for these codes never fits worse than d. */
+    double wq = 0, qq = 0;
+    for (int j = 0; j < QUANT_BLOCK; j++) { wq += (double)w[j] * q[j]; qq += (double)q[j] * q[j]; }
+    if (qq > 0) {
+        float d2 = f16_round((float)(wq / qq));
+        double e1 = 0, e2 = 0;
+        for (int j = 0; j < QUANT_BLOCK; j++) {
+            e1 += (w[j] - d * q[j]) * (double)(w[j] - d * q[j]);
+            e2 += (w[j] - d2 * q[j]) * (double)(w[j] - d2 * q[j]);
+        }
+        if (e2 < e1) d = d2;
+    }
+    store_f16(scale, d);
+}
+
+void quant_row(qvl_dtype t, const float *src, int in, void *dst) {
+    int in_pad = quant_in_padded(in), nb = in_pad / QUANT_BLOCK;
+    uint8_t *row = dst, *scales = row + scales_offset(t, in_pad);
+    float blk[QUANT_BLOCK];
+    int8_t q[QUANT_BLOCK];
+    if (t == QVL_Q4) memset(row, 0x88, (size_t)in_pad / 2);
+    for (int b = 0; b < nb; b++) {
+        int i0 = b * QUANT_BLOCK;
+        for (int j = 0; j < QUANT_BLOCK; j++) blk[j] = i0 + j < in ? src[i0 + j] : 0.0f;
+        if (t == QVL_Q8) { quant_block_q8(blk, (int8_t *)row + i0, scales + 2 * b); continue; }
+        quant_block_q4(blk, q, scales + 2 * b);
+        for (int j = 0; j < QUANT_BLOCK; j++) {
+            int byte, shift;
+            q4_code_at(i0 + j, in_pad, &byte, &shift);
+            row[byte] = (uint8_t)((row[byte] & ~(0xF << shift)) | ((q[j] + 8) << shift));
+        }
+    }
+}
+
+void quant_dequant_row(const qvl_weight *w, int r, float *dst) {
+    int in_pad = quant_in_padded(w->in);
+    const uint8_t *row = (const uint8_t *)w->data + (size_t)r * (size_t)w->ld;
+    const uint8_t *scales = row + scales_offset(w->dtype, in_pad);
+    for (int i = 0; i < w->in; i++) {
+        float d = load_f16(scales + 2 * (i / QUANT_BLOCK));
+        int q;
+        if (w->dtype == QVL_Q8) q = (int8_t)row[i];
+        else {
+            int byte, shift;
+            q4_code_at(i, in_pad, &byte, &shift);
+            q = ((row[byte] >> shift) & 0xF) - 8;
+        }
+        dst[i] = d * (float)q;
+    }
+}
+
+/* One stored element as float (any unquantized dtype). */
+static float element(const void *base, qvl_dtype t, size_t at) {
+    const char *p = (const char *)base;
+    uint16_t h;
+    float f;
+    switch (t) {
+    case QVL_F32: memcpy(&f, p + 4 * at, 4); return f;
+    case QVL_BF16: memcpy(&h, p + 2 * at, 2); return qvl_bf16_to_f32(h);
+    default: memcpy(&h, p + 2 * at, 2); return qvl_f16_to_f32(h);
+    }
+}
+
+/* Rows o0 .. o0+cnt-1 of a weight as floats, dst[c * in + i].  In-major
+ * weights are read input row by input row, so the transpose streams. */
+static void rows_f32(const qvl_weight *w, int o0, int cnt, float *dst) {
+    if (quant_is_quantized(w->dtype)) {
+        for (int c = 0; c < cnt; c++) quant_dequant_row(w, o0 + c, dst + (size_t)c * w->in);
+    } else if (!w->in_major) {
+        for (int c = 0; c < cnt; c++)
+            for (int i = 0; i < w->in; i++)
+                dst[(size_t)c * w->in + i] = element(w->data, w->dtype, (size_t)(o0 + c) * (size_t)w->ld + i);
+    } else {
+        for (int i = 0; i < w->in; i++)
+            for (int c = 0; c < cnt; c++)
+                dst[(size_t)c * w->in + i] = element(w->data, w->dtype, (size_t)i * (size_t)w->ld + o0 + c);
+    }
+}
+
+#define QUANT_TILE 32      /* rows converted per task step */
+
+typedef struct {
+    const qvl_weight *w;
+    qvl_dtype t;
+    uint8_t *dst;
+    size_t row_bytes;
+} quant_job;
+
+static void quant_tiles(void *p, int begin, int end) {
+    quant_job *j = p;
+    const qvl_weight *w = j->w;
+    float *buf = malloc((size_t)QUANT_TILE * (size_t)w->in * sizeof *buf);
+    if (!buf) abort();     /* a few hundred KB; nothing sane to do */
+    for (int tile = begin; tile < end; tile++) {
+        int o0 = tile * QUANT_TILE, cnt = w->out - o0 < QUANT_TILE ? w->out - o0 : QUANT_TILE;
+        rows_f32(w, o0, cnt, buf);
+        for (int c = 0; c < cnt; c++)
+            quant_row(j->t, buf + (size_t)c * w->in, w->in, j->dst + (size_t)(o0 + c) * j->row_bytes);
+    }
+    free(buf);
+}
+
+void quant_weight(const qvl_weight *w, qvl_dtype t, void *dst, qvl_weight *out) {
+    quant_job j = { w, t, dst, quant_row_bytes(t, w->in) };
+    parallel_for((w->out + QUANT_TILE - 1) / QUANT_TILE, quant_tiles, &j);
+    *out = (qvl_weight){ .data = dst, .dtype = t, .out = w->out, .in = w->in, .in_major = 0,
+                         .ld = (int64_t)j.row_bytes };
+}
+
+int quant_bind(const void *data, int ndim, const int64_t *shape, int out, int in, qvl_weight *w,
+               const char *label, const char *name, char *err) {
+    int64_t q8 = (int64_t)quant_row_bytes(QVL_Q8, in), q4 = (int64_t)quant_row_bytes(QVL_Q4, in);
+    if (ndim != 2 || shape[0] != out || (shape[1] != q8 && shape[1] != q4)) {
+        qvl_seterr(err, "%s: tensor %s is U8 but not a quantized [%d, %d] matrix (expected shape [%d, %lld] for q8 "
+                   "or [%d, %lld] for q4)", label, name, out, in, out, (long long)q8, out, (long long)q4);
+        return -1;
+    }
+    *w = (qvl_weight){ .data = data, .dtype = shape[1] == q8 ? QVL_Q8 : QVL_Q4, .out = out, .in = in,
+                       .in_major = 0, .ld = shape[1] };
+    return 0;
+}
+
+/* ---------------------------------------------------------------- activations */
+
+/* Activation rows quantized for the dot products: per row in_pad int8 codes,
+ * and per block the scale d and d * (sum of the block's codes), the latter
+ * for the kernels that add an offset to the weights. */
+typedef struct {
+    int in_pad, nb;
+    int8_t *q;        /* [n][in_pad] */
+    float *d, *ds;    /* [n][nb] */
+} qact;
+
+static int qact_new(qact *a, const float *x, int n, int in) {
+    a->in_pad = quant_in_padded(in);
+    a->nb = a->in_pad / QUANT_BLOCK;
+    a->q = malloc((size_t)n * (size_t)a->in_pad);
+    a->d = malloc((size_t)n * (size_t)a->nb * sizeof(float));
+    a->ds = malloc((size_t)n * (size_t)a->nb * sizeof(float));
+    if (!a->q || !a->d || !a->ds) return -1;
+    for (int r = 0; r < n; r++) {
+        const float *xr = x + (size_t)r * in;
+        int8_t *q = a->q + (size_t)r * a->in_pad;
+        for (int b = 0; b < a->nb; b++) {
+            int i0 = b * QUANT_BLOCK, cnt = in - i0 < QUANT_BLOCK ? (in - i0 > 0 ? in - i0 : 0) : QUANT_BLOCK;
+            float amax = 0;
+            for (int j = 0; j < cnt; j++) amax = fmaxf(amax, fabsf(xr[i0 + j]));
+            float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0;
+            int sum = 0;
+            for (int j = 0; j < QUANT_BLOCK; j++) {
+                int v = j < cnt ? (int)lrintf(xr[i0 + j] * id) : 0;
+                v = v > 127 ? 127 : v < -127 ? -127 : v;
+                q[i0 + j] = (int8_t)v;
+                sum += v;
+            }
+            a->d[(size_t)r * a->nb + b] = d;
+            a->ds[(size_t)r * a->nb + b] = d * (float)sum;
+        }
+    }
+    return 0;
+}
+
+static void qact_free(qact *a) {
+    free(a->q);
+    free(a->d);
+    free(a->ds);
+}
+
+/* ---------------------------------------------------------------- row dot products */
+
+/* dot(weight row, activation row); row points at the row's codes, nb blocks. */
+typedef float (*row_dot)(const uint8_t *row, int nb, const int8_t *xq, const float *xd, const float *xds);
+
+static float dot_q8_portable(const uint8_t *row, int nb, const int8_t *xq, const float *xd, const float *xds) {
+    (void)xds;
+    const int8_t *wq = (const int8_t *)row;
+    const uint8_t *sc = row + (size_t)nb * QUANT_BLOCK;
+    float acc = 0;
+    for (int b = 0; b < nb; b++) {
+        int32_t s = 0;
+        for (int j = 0; j < QUANT_BLOCK; j++) s += wq[b * QUANT_BLOCK + j] * xq[b * QUANT_BLOCK + j];
+        acc += load_f16(sc + 2 * b) * xd[b] * (float)s;
+    }
+    return acc;
+}
+
+static float dot_q4_portable(const uint8_t *row, int nb, const int8_t *xq, const float *xd, const float *xds) {
+    (void)xds;
+    int in_pad = nb * QUANT_BLOCK;
+    const uint8_t *sc = row + in_pad / 2;
+    float acc = 0;
+    for (int g0 = 0; g0 < in_pad; g0 += 128) {
+        int G = in_pad - g0 < 128 ? in_pad - g0 : 128, half = G / 2;
+        const uint8_t *codes = row + g0 / 2;
+        for (int k = 0; k < G / QUANT_BLOCK; k++) {      /* blocks of the group */
+            int j0 = k * QUANT_BLOCK, b = (g0 + j0) / QUANT_BLOCK;
+            int32_t s = 0;
+            for (int j = j0; j < j0 + QUANT_BLOCK; j++) {
+                int q = (j < half ? codes[j] & 0xF : codes[j - half] >> 4) - 8;
+                s += q * xq[g0 + j];
+            }
+            acc += load_f16(sc + 2 * b) * xd[b] * (float)s;
+        }
+    }
+    return acc;
+}
+
+__attribute__((target("avx2,fma,f16c")))
+static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+/* Eight int32 partial sums of unsigned u[32] x signed x[32] (u*x pairs < 2^15). */
+__attribute__((target("avx2,fma,f16c")))
+static inline __m256 dot32_avx2(__m256i u, __m256i x) {
+    __m256i p = _mm256_maddubs_epi16(u, x);
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+
+__attribute__((target("avx2,fma,f16c")))
+static float dot_q8_avx2(const uint8_t *row, int nb, const int8_t *xq, const float *xd, const float *xds) {
+    (void)xds;
+    const uint8_t *sc = row + (size_t)nb * QUANT_BLOCK;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+    for (int b = 0; b < nb; b += 2) {       /* nb is even */
+        __m256i w0 = _mm256_loadu_si256((const __m256i *)(row + b * QUANT_BLOCK));
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + b * QUANT_BLOCK));
+        __m256i w1 = _mm256_loadu_si256((const __m256i *)(row + (b + 1) * QUANT_BLOCK));
+        __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + (b + 1) * QUANT_BLOCK));
+        /* |x| is unsigned, q carries x's sign: |x| * sign(x) q = x q, pairs within 2 * 127 * 127. */
+        __m256 p0 = dot32_avx2(_mm256_abs_epi8(x0), _mm256_sign_epi8(w0, x0));
+        __m256 p1 = dot32_avx2(_mm256_abs_epi8(x1), _mm256_sign_epi8(w1, x1));
+        acc0 = _mm256_fmadd_ps(p0, _mm256_set1_ps(load_f16(sc + 2 * b) * xd[b]), acc0);
+        acc1 = _mm256_fmadd_ps(p1, _mm256_set1_ps(load_f16(sc + 2 * b + 2) * xd[b + 1]), acc1);
+    }
+    return hsum256(_mm256_add_ps(acc0, acc1));
+}
+
+__attribute__((target("avx2,fma,f16c")))
+static float dot_q4_avx2(const uint8_t *row, int nb, const int8_t *xq, const float *xd, const float *xds) {
+    int in_pad = nb * QUANT_BLOCK;
+    const uint8_t *sc = row + in_pad / 2;
+    const __m256i low = _mm256_set1_epi8(0xF);
+    __m256 acc = _mm256_setzero_ps();
+    float off = 0;      /* sum of d_w * d_x * sum(x): the codes are q + 8 */
+    for (int b = 0; b < nb; b++) off += load_f16(sc + 2 * b) * xds[b];
+    int g0 = 0;
+    for (; g0 + 128 <= in_pad; g0 += 128) {
+        int b = g0 / QUANT_BLOCK;
+        __m256i v0 = _mm256_loadu_si256((const __m256i *)(row + g0 / 2));
+        __m256i v1 = _mm256_loadu_si256((const __m256i *)(row + g0 / 2 + 32));
+        __m256i u[4] = { _mm256_and_si256(v0, low), _mm256_and_si256(v1, low),
+                         _mm256_and_si256(_mm256_srli_epi16(v0, 4), low),
+                         _mm256_and_si256(_mm256_srli_epi16(v1, 4), low) };
+        for (int k = 0; k < 4; k++) {
+            __m256i x = _mm256_loadu_si256((const __m256i *)(xq + g0 + k * QUANT_BLOCK));
+            acc = _mm256_fmadd_ps(dot32_avx2(u[k], x), _mm256_set1_ps(load_f16(sc + 2 * (b + k)) * xd[b + k]), acc);
+        }
+    }
+    if (g0 < in_pad) {      /* the last group of 64 */
+        int b = g0 / QUANT_BLOCK;
+        __m256i v = _mm256_loadu_si256((const __m256i *)(row + g0 / 2));
+        __m256i u0 = _mm256_and_si256(v, low), u1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + g0));
+        __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + g0 + QUANT_BLOCK));
+        acc = _mm256_fmadd_ps(dot32_avx2(u0, x0), _mm256_set1_ps(load_f16(sc + 2 * b) * xd[b]), acc);
+        acc = _mm256_fmadd_ps(dot32_avx2(u1, x1), _mm256_set1_ps(load_f16(sc + 2 * b + 2) * xd[b + 1]), acc);
+    }
+    return hsum256(acc) - 8.0f * off;
+}
+
+#define VNNI_TARGET "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
+
+__attribute__((target(VNNI_TARGET)))
+static inline float hsum512(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+/* Per 16 blocks starting at b0 (cnt of them, cnt even): the 16 products
+ * d_w * d_x, and the offset term d_w * d_x * sum(x) accumulated into *off. */
+__attribute__((target(VNNI_TARGET)))
+static inline __m512 scales16(const uint8_t *sc, const float *xd, const float *xds, int b0, int cnt, __m512 *off) {
+    __mmask16 m = (__mmask16)((1u << cnt) - 1);
+    __m512 dw = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, sc + 2 * b0));
+    *off = _mm512_fmadd_ps(dw, _mm512_maskz_loadu_ps(m, xds + b0), *off);
+    return _mm512_mul_ps(dw, _mm512_maskz_loadu_ps(m, xd + b0));
+}
+
+/* One 64-weight step: 16 int32 sums (8 per block of 32) scaled by lanes 2k, 2k+1 of d. */
+__attribute__((target(VNNI_TARGET)))
+static inline __m512 step64(__m512i u, __m512i x, __m512 d, __m512i idx, __m512 acc) {
+    __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, x);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx, d), acc);
+}
+
+__attribute__((target(VNNI_TARGET)))
+static float dot_q8_vnni(const uint8_t *row, int nb, const int8_t *xq, const float *xd, const float *xds) {
+    const uint8_t *sc = row + (size_t)nb * QUANT_BLOCK;
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    const __m512i first = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i two = _mm512_set1_epi32(2);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, off = acc0;
+    for (int b0 = 0; b0 < nb; b0 += 16) {
+        int cnt = nb - b0 < 16 ? nb - b0 : 16;
+        __m512 d = scales16(sc, xd, xds, b0, cnt, &off);
+        __m512i idx = first;
+        const uint8_t *w = row + b0 * QUANT_BLOCK;
+        const int8_t *x = xq + b0 * QUANT_BLOCK;
+        int steps = cnt / 2, s = 0;       /* 64-weight steps, two sums alternating */
+        for (; s + 2 <= steps; s += 2) {
+            __m512i u = _mm512_xor_si512(_mm512_loadu_si512(w + 64 * s), flip);
+            acc0 = step64(u, _mm512_loadu_si512(x + 64 * s), d, idx, acc0);
+            idx = _mm512_add_epi32(idx, two);
+            u = _mm512_xor_si512(_mm512_loadu_si512(w + 64 * s + 64), flip);
+            acc1 = step64(u, _mm512_loadu_si512(x + 64 * s + 64), d, idx, acc1);
+            idx = _mm512_add_epi32(idx, two);
+        }
+        if (s < steps)
+            acc0 = step64(_mm512_xor_si512(_mm512_loadu_si512(w + 64 * s), flip),
+                          _mm512_loadu_si512(x + 64 * s), d, idx, acc0);
+    }
+    return hsum512(_mm512_add_ps(acc0, acc1)) - 128.0f * hsum512(off);
+}
+
+__attribute__((target(VNNI_TARGET)))
+static float dot_q4_vnni(const uint8_t *row, int nb, const int8_t *xq, const float *xd, const float *xds) {
+    int in_pad = nb * QUANT_BLOCK;
+    const uint8_t *sc = row + in_pad / 2;
+    const __m512i low = _mm512_set1_epi8(0xF);
+    const __m512i first = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i two = _mm512_set1_epi32(2);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, off = acc0;
+    for (int b0 = 0; b0 < nb; b0 += 16) {
+        int cnt = nb - b0 < 16 ? nb - b0 : 16;
+        __m512 d = scales16(sc, xd, xds, b0, cnt, &off);
+        __m512i idx = first;
+        int k = 0;       /* blocks done in this chunk */
+        for (; k + 4 <= cnt; k += 4) {   /* a group of 128: low nibbles 0..63, high 64..127 */
+            int g0 = (b0 + k) * QUANT_BLOCK;
+            __m512i v = _mm512_loadu_si512(row + g0 / 2);
+            __m512i lo = _mm512_and_si512(v, low), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+            acc0 = step64(lo, _mm512_loadu_si512(xq + g0), d, idx, acc0);
+            idx = _mm512_add_epi32(idx, two);
+            acc1 = step64(hi, _mm512_loadu_si512(xq + g0 + 64), d, idx, acc1);
+            idx = _mm512_add_epi32(idx, two);
+        }
+        if (k < cnt) {                   /* the row's last group, of 64 */
+            int g0 = (b0 + k) * QUANT_BLOCK;
+            __m256i v = _mm256_loadu_si256((const __m256i *)(row + g0 / 2));
+            __m256i lo = _mm256_and_si256(v, _mm512_castsi512_si256(low));
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm512_castsi512_si256(low));
+            __m512i u = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+            acc0 = step64(u, _mm512_loadu_si512(xq + g0), d, idx, acc0);
+        }
+    }
+    return hsum512(_mm512_add_ps(acc0, acc1)) - 8.0f * hsum512(off);
+}
+
+/* ---------------------------------------------------------------- dispatch */
+
+enum { K_PORTABLE, K_AVX2, K_VNNI };
+static int best_kernel = -1, forced_kernel = -1;
+
+static int cpu_kernel(void) {
+    if (best_kernel < 0) {
+        __builtin_cpu_init();
+        int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+        int vnni = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+        best_kernel = vnni ? K_VNNI : avx2 ? K_AVX2 : K_PORTABLE;
+    }
+    return forced_kernel >= 0 ? forced_kernel : best_kernel;
+}
+
+static const char *const kernel_names[] = { "portable", "avx2", "avx512vnni" };
+
+const char *quant_kernel_name(void) { return kernel_names[cpu_kernel()]; }
+
+int quant_force_kernel(const char *name) {
+    forced_kernel = -1;
+    if (!name) return 0;
+    int best = cpu_kernel();
+    for (int k = 0; k <= best; k++)
+        if (!strcmp(name, kernel_names[k])) { forced_kernel = k; return 0; }
+    return -1;
+}
+
+static row_dot pick_dot(qvl_dtype t) {
+    static const row_dot q8[] = { dot_q8_portable, dot_q8_avx2, dot_q8_vnni };
+    static const row_dot q4[] = { dot_q4_portable, dot_q4_avx2, dot_q4_vnni };
+    return t == QVL_Q8 ? q8[cpu_kernel()] : q4[cpu_kernel()];
+}
+
+/* ---------------------------------------------------------------- matmul */
+
+#define ROW_TILE 16     /* output rows whose weights stay in L1 while every token passes */
+
+typedef struct {
+    float *y;
+    const qvl_weight *w;
+    const qact *a;
+    int n;
+    row_dot dot;
+} qmm_job;
+
+static void qmm_rows(void *p, int begin, int end) {
+    qmm_job *j = p;
+    const qvl_weight *w = j->w;
+    const qact *a = j->a;
+    for (int o0 = begin; o0 < end; o0 += ROW_TILE) {
+        int o1 = o0 + ROW_TILE < end ? o0 + ROW_TILE : end;
+        for (int r = 0; r < j->n; r++) {
+            const int8_t *xq = a->q + (size_t)r * a->in_pad;
+            const float *xd = a->d + (size_t)r * a->nb, *xds = a->ds + (size_t)r * a->nb;
+            float *y = j->y + (size_t)r * w->out;
+            for (int o = o0; o < o1; o++)
+                y[o] = j->dot((const uint8_t *)w->data + (size_t)o * (size_t)w->ld, a->nb, xq, xd, xds);
+        }
+    }
+}
+
+void quant_matmul(float *y, const float *x, const qvl_weight *w, int n) {
+    if (n <= 0 || w->out <= 0) return;
+    qact a;
+    if (qact_new(&a, x, n, w->in)) abort();    /* n * in bytes: as small as the activations */
+    qmm_job j = { y, w, &a, n, pick_dot(w->dtype) };
+    parallel_for(w->out, qmm_rows, &j);
+    qact_free(&a);
+}
+
+/* ---------------------------------------------------------------- the model */
+
+int quant_for_each_matrix(qvl_model *m, quant_visit fn, void *ctx) {
+    const qvl_text_config *tc = &m->cfg.text;
+    static const char *const mlp[] = { "gate", "up", "down" };
+    char name[256];
+    for (int l = 0; l < tc->layers; l++) {
+        qvl_layer *L = &m->text.layers[l];
+        qvl_weight *attn[] = { &L->q, &L->k, &L->v, &L->o };
+        for (int k = 0; k < 4; k++) {
+            snprintf(name, sizeof name, "model.language_model.layers.%d.self_attn.%c_proj.weight", l, "qkvo"[k]);
+            if (fn(ctx, name, attn[k])) return 1;
+        }
+        if (!L->sparse) {
+            qvl_weight *dense[] = { &L->gate, &L->up, &L->down };
+            for (int k = 0; k < 3; k++) {
+                snprintf(name, sizeof name, "model.language_model.layers.%d.mlp.%s_proj.weight", l, mlp[k]);
+                if (fn(ctx, name, dense[k])) return 1;
+            }
+            continue;
+        }
+        for (int e = 0; e < tc->num_experts; e++) {
+            qvl_weight *expert[] = { &L->exp_gate[e], &L->exp_up[e], &L->exp_down[e] };
+            for (int k = 0; k < 3; k++) {
+                snprintf(name, sizeof name, "model.language_model.layers.%d.mlp.experts.%d.%s_proj.weight", l, e, mlp[k]);
+                if (fn(ctx, name, expert[k])) return 1;
+            }
+        }
+    }
+    return fn(ctx, "lm_head.weight", &m->text.lm_head);
+}
+
+typedef struct {
+    qvl_model *m;
+    qvl_dtype t;
+    char *err;
+    size_t total;           /* bytes of the copies (each 64-byte aligned) */
+    uint8_t *buf;
+    size_t used;
+    int page_out;           /* hand the mapped pages back */
+} quantizer;
+
+static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+/* Pass 1: checks and sizes. */
+static int plan_matrix(void *p, const char *name, qvl_weight *w) {
+    quantizer *q = p;
+    if (quant_is_quantized(w->dtype)) {
+        if (w->dtype == q->t) return 0;
+        qvl_seterr(q->err, "%s is already quantized to %s; quantize from the original checkpoint instead",
+                   name, w->dtype == QVL_Q8 ? "q8" : "q4");
+        return 1;
+    }
+    q->total += align64((size_t)w->out * quant_row_bytes(q->t, w->in));
+    return 0;
+}
+
+/* The bytes a weight spans in its storage. */
+static void weight_extent(const qvl_weight *w, const char **begin, const char **end) {
+    size_t es = qvl_dtype_size(w->dtype);
+    size_t rows = (size_t)(w->in_major ? w->in : w->out), cols = (size_t)(w->in_major ? w->out : w->in);
+    *begin = w->data;
+    *end = (const char *)w->data + ((rows - 1) * (size_t)w->ld + cols) * es;
+}
+
+/* Tells the kernel the mapped pages wholly inside [begin, end) are not needed:
+ * they leave the resident set (a file mapping refaults them if ever read). */
+static void page_out(const char *begin, const char *end) {
+    uintptr_t ps = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t b = ((uintptr_t)begin + ps - 1) & ~(ps - 1), e = (uintptr_t)end & ~(ps - 1);
+    if (e > b) madvise((void *)b, e - b, MADV_DONTNEED);
+}
+
+/* Pass 2: quantize into the buffer and replace the weight. */
+static int apply_matrix(void *p, const char *name, qvl_weight *w) {
+    (void)name;
+    quantizer *q = p;
+    if (quant_is_quantized(w->dtype)) return 0;
+    qvl_weight src = *w;
+    quant_weight(&src, q->t, q->buf + q->used, w);
+    q->used += align64((size_t)src.out * quant_row_bytes(q->t, src.in));
+    /* The embedding stays in use when lm_head is tied to it. */
+    if (q->page_out && src.data != q->m->text.embed.data) {
+        const char *b, *e;
+        weight_extent(&src, &b, &e);
+        page_out(b, e);
+    }
+    return 0;
+}
+
+int model_quantize(qvl_model *m, qvl_quant quant, char *err) {
+    if (quant == QVL_QUANT_NONE) return 0;
+    quantizer q = { .m = m, .t = quant_dtype(quant), .err = err, .page_out = m->file_mapped };
+    if (quant_for_each_matrix(m, plan_matrix, &q)) return -1;
+    if (q.total == 0) return 0;
+    if (m->quant_data) {
+        qvl_seterr(err, "model is already partly quantized; quantize from the original checkpoint instead");
+        return -1;
+    }
+    q.buf = aligned_alloc(64, q.total);
+    if (!q.buf) {
+        qvl_seterr(err, "out of memory for the %s weights (%.1f MB)", quant_name(quant), (double)q.total / 1e6);
+        return -1;
+    }
+    m->quant_data = q.buf;
+    quant_for_each_matrix(m, apply_matrix, &q);
+    return 0;
+}

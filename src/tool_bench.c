@@ -1,0 +1,708 @@
+/* tool_bench.c - `qvl bench`: how fast a model runs on this machine.
+ *
+ *   qvl bench [-m DIR] [-t N] [--quant q8|q4] [--pp N] [--tg N] [--reps N] [--json-only]
+ *
+ * A CPU user's experience comes down to a few numbers, and this measures them
+ * the way llama.cpp's llama-bench does, so that the two can be put side by side:
+ *   - load time (mapping and binding the checkpoint), and with --quant the
+ *     time model_quantize takes to convert the text matrices;
+ *   - prompt processing: --pp text tokens (512) prefilled into an empty cache;
+ *   - generation: --tg tokens (128) decoded greedily after that prompt;
+ *   - image encoding of a 448x448 and a 1024x768 synthetic picture with the
+ *     model's preprocessing under the default 1 MP budget (as the chat uses);
+ *   - time to first token of a question about the 1024x768 picture:
+ *     preprocessing + vision encoder + prefill of the whole prompt + argmax;
+ *   - the weights' size, the KV cache size, and the process's peak RSS.
+ * A human table goes to stdout, then one JSON line with every figure.
+ *
+ * Prompts are token ids, not text: a checkpoint needs no tokenizer.json to be
+ * measured (the synthetic 2B shape has none), and the time of a forward pass
+ * does not depend on which ids it sees.  Text ids are taken from the middle of
+ * the vocabulary (1000, 1001, ... for the Qwen vocabulary), away from the
+ * special tokens; the image prompt has the chat template's layout around the
+ * picture (see image_prompt).  Greedy decoding masks the vision special ids,
+ * which a model may not be fed without a picture.
+ *
+ * Each measurement runs --reps times and reports the mean and the standard
+ * deviation, after one untimed warm-up pass (a decoding step and an image
+ * encoding) that brings the memory-mapped weights into memory, so that the
+ * first repetition does not pay for reading them from disk. */
+#include <cblas.h>
+#include <cjson/cJSON.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/resource.h>
+
+#include "common.h"
+#include "config.h"
+#include "decoder.h"
+#include "demo.h"
+#include "image.h"
+#include "ops.h"
+#include "quant.h"
+#include "safetensors.h"
+#include "threadpool.h"
+#include "tools.h"
+#include "vision.h"
+#include "weights.h"
+
+/* The chat's image budget when the checkpoint allows more (session.c). */
+#define BENCH_MAX_PIXELS 1048576L
+#define MAX_REPS 1000
+#define MAX_TOKENS 1000000
+
+typedef struct {
+    const char *model_dir;      /* NULL: the built-in demo model */
+    int threads;                /* 0: all cores */
+    int pp, tg, reps;
+    int json_only;
+    qvl_quant quant;
+} bench_opts;
+
+/* Mean and standard deviation of repeated measurements. */
+typedef struct {
+    double mean, sd;
+    int n;
+} stat;
+
+typedef struct {
+    int width, height;          /* the synthetic picture */
+    int seen_w, seen_h;         /* after smart_resize */
+    int tokens;                 /* image tokens in the prompt */
+    stat preprocess_ms, encode_ms;
+} image_result;
+
+typedef struct {
+    const char *label;
+    const char *dtype;          /* of the largest share of the weights */
+    int threads;
+    const char *kernel, *blas_core, *blas_env;
+    const char *quant, *quant_kernel;   /* quant_kernel: NULL when not quantized */
+    long long params, text_params, vision_params;
+    long long weights_bytes;
+    double load_s, quantize_s, warmup_s;
+    int pp, tg, ctx;
+    stat pp_tok_s, tg_tok_s;
+    image_result img[2];
+    int ttft_tokens;
+    stat ttft_ms;
+    long long kv_bytes, kv_bytes_per_token;
+    long long peak_rss_bytes;
+} bench_result;
+
+/* A running mean and standard deviation. */
+typedef struct {
+    stat s;
+    double sum, sumsq;
+} stat_acc;
+
+static void acc_add(stat_acc *a, double x) {
+    a->sum += x;
+    a->sumsq += x * x;
+    int n = ++a->s.n;
+    a->s.mean = a->sum / n;
+    double var = n > 1 ? (a->sumsq - a->sum * a->sum / n) / (n - 1) : 0;
+    a->s.sd = var > 0 ? sqrt(var) : 0;
+}
+
+static void progress(const bench_opts *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void progress(const bench_opts *o, const char *fmt, ...) {
+    if (o->json_only) return;
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("qvl bench: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+/* ---------------------------------------------------------------- inputs */
+
+static int is_vision_id(const qvl_config *c, int id) {
+    return id == c->image_token_id || id == c->video_token_id || id == c->vision_start_id ||
+           id == c->vision_end_id;
+}
+
+/* The i-th text token of a synthetic prompt: ids from the middle of the
+ * vocabulary (1000.. for Qwen's 151k, vocab/4.. for a small one), stepping
+ * over the vision special ids. */
+static int text_id(const qvl_config *c, int vocab, int i) {
+    int first = vocab >= 4000 ? 1000 : vocab / 4;
+    int span = vocab / 2 > 1 ? vocab / 2 : 1;
+    int id = first + i % span;
+    while (is_vision_id(c, id)) id = (id + 1) % vocab;
+    return id;
+}
+
+/* The greedy choice, never a vision special id (feeding one without its
+ * picture is an error, and the goldens mask them the same way). */
+static int greedy_id(const qvl_config *c, const float *logits, int vocab) {
+    int best = -1;
+    for (int i = 0; i < vocab; i++)
+        if (!is_vision_id(c, i) && (best < 0 || logits[i] > logits[best])) best = i;
+    return best;
+}
+
+/* A deterministic picture with smooth gradients and hard edges, so that the
+ * resampling filters have something to do. */
+static int synthetic_picture(int w, int h, qvl_image *img, char *err) {
+    img->width = w;
+    img->height = h;
+    img->rgb = malloc((size_t)w * h * 3);
+    if (!img->rgb) { qvl_seterr(err, "out of memory for a %dx%d picture", w, h); return -1; }
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++) {
+            uint8_t *p = img->rgb + ((size_t)y * w + x) * 3;
+            p[0] = (uint8_t)(255 * x / (w > 1 ? w - 1 : 1));
+            p[1] = (uint8_t)(255 * y / (h > 1 ? h - 1 : 1));
+            p[2] = ((x / 37 + y / 23) & 1) ? 220 : 30;
+        }
+    return 0;
+}
+
+/* The checkpoint's preprocessing with the chat's default budget: at most
+ * 1 MP, or less when the checkpoint's own limit is lower. */
+static int bench_preproc(const qvl_source *src, qvl_preproc *p, char *err) {
+    if (preproc_load(src, p, err)) return -1;
+    if (p->max_pixels > BENCH_MAX_PIXELS) p->max_pixels = BENCH_MAX_PIXELS;
+    if (p->min_pixels > p->max_pixels) p->min_pixels = p->max_pixels;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- model facts */
+
+static int is_vision_tensor(const char *name) {
+    return strstr(name, "visual.") != NULL;
+}
+
+/* Parameter counts, stored bytes and the dtype holding most of the bytes. */
+static void weights_facts(const qvl_model *m, bench_result *r) {
+    long long by_dtype[QVL_DTYPE_COUNT] = {0};
+    for (size_t i = 0; i < st_count(m->st); i++) {
+        const st_tensor *t = st_at(m->st, i);
+        r->params += t->numel;
+        if (is_vision_tensor(t->name)) r->vision_params += t->numel;
+        else r->text_params += t->numel;
+        r->weights_bytes += (long long)t->nbytes;
+        by_dtype[t->dtype] += (long long)t->nbytes;
+    }
+    int top = 0;
+    for (int d = 1; d < QVL_DTYPE_COUNT; d++) if (by_dtype[d] > by_dtype[top]) top = d;
+    r->dtype = qvl_dtype_name((qvl_dtype)top);
+}
+
+/* Bytes of a matrix as the products read it. */
+static long long matrix_bytes(const qvl_weight *w) {
+    if (quant_is_quantized(w->dtype)) return (long long)w->out * w->ld;
+    return (long long)w->out * w->in * (long long)qvl_dtype_size(w->dtype);
+}
+
+/* Sums the matrices model_quantize converts; the lm_head tied to the
+ * embedding is counted only when it has a copy of its own (the embedding
+ * itself stays for the lookup). */
+typedef struct {
+    const qvl_model *m;
+    long long bytes;
+} matrix_sum;
+
+static int add_matrix(void *ctx, const char *name, qvl_weight *w) {
+    (void)name;
+    matrix_sum *s = ctx;
+    if (w->data != s->m->text.embed.data) s->bytes += matrix_bytes(w);
+    return 0;
+}
+
+static long long quantizable_bytes(qvl_model *m) {
+    matrix_sum s = { m, 0 };
+    quant_for_each_matrix(m, add_matrix, &s);
+    return s.bytes;
+}
+
+/* The decoder's cache holds float32 keys and values for every layer
+ * (decoder.c): 2 * layers * kv_heads * head_dim floats per token. */
+static long long kv_bytes_per_token(const qvl_config *c) {
+    return 2LL * c->text.layers * c->text.kv_heads * c->text.head_dim * (long long)sizeof(float);
+}
+
+static long long peak_rss_bytes(void) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru)) return -1;
+    return (long long)ru.ru_maxrss * 1024;    /* Linux reports kilobytes */
+}
+
+/* ---------------------------------------------------------------- measurements */
+
+/* Brings the weights in: one decoding step (every text matrix) and one image
+ * encoding (every vision matrix), both untimed. */
+static int warm_up(const qvl_model *m, qvl_cache *c, float *logits, const qvl_pixels *px, char *err) {
+    if (decoder_step(c, text_id(&m->cfg, m->text.lm_head.out, 0), logits, err)) return -1;
+    if (cache_truncate(c, 0, err)) return -1;
+    qvl_grid g = { px->grid_t, px->grid_h, px->grid_w };
+    qvl_vision_out vo = {0};
+    int rc = vision_encode(m, px->pixels, px->n_patches, &g, 1, NULL, &vo, err);
+    vision_out_free(&vo);
+    return rc;
+}
+
+/* Prompt processing: pp text tokens into an empty cache, reps times.
+ * Leaves the cache holding the prompt and `logits` its last logits. */
+static int measure_prompt(const qvl_model *m, qvl_cache *c, int pp, int reps, float *logits,
+                          stat *out, char *err) {
+    int vocab = m->text.lm_head.out;
+    int *ids = malloc(sizeof(int) * (size_t)pp);
+    if (!ids) { qvl_seterr(err, "out of memory"); return -1; }
+    for (int i = 0; i < pp; i++) ids[i] = text_id(&m->cfg, vocab, i);
+    stat_acc a = {0};
+    int rc = 0;
+    for (int r = 0; r < reps && !rc; r++) {
+        if ((rc = cache_truncate(c, 0, err))) break;
+        double t0 = qvl_now();
+        rc = decoder_forward(c, ids, pp, NULL, 0, logits, 0, NULL, err);
+        if (!rc) acc_add(&a, pp / (qvl_now() - t0));
+    }
+    free(ids);
+    *out = a.s;
+    return rc;
+}
+
+/* Generation: tg greedy tokens after the prompt the cache holds (whose last
+ * logits are in `logits`), reps times from the same point. */
+static int measure_generation(const qvl_model *m, qvl_cache *c, int tg, int reps, const float *prompt_logits,
+                              stat *out, char *err) {
+    int vocab = m->text.lm_head.out, start = cache_len(c);
+    float *logits = malloc(sizeof(float) * (size_t)vocab);
+    if (!logits) { qvl_seterr(err, "out of memory"); return -1; }
+    stat_acc a = {0};
+    int rc = 0;
+    for (int r = 0; r < reps && !rc; r++) {
+        if ((rc = cache_truncate(c, start, err))) break;
+        memcpy(logits, prompt_logits, sizeof(float) * (size_t)vocab);
+        double t0 = qvl_now();
+        for (int i = 0; i < tg && !rc; i++)
+            rc = decoder_step(c, greedy_id(&m->cfg, logits, vocab), logits, err);
+        if (!rc) acc_add(&a, tg / (qvl_now() - t0));
+    }
+    free(logits);
+    *out = a.s;
+    return rc;
+}
+
+/* One picture through preprocessing and the vision encoder, reps times. */
+static int measure_image(const qvl_model *m, const qvl_preproc *pp, const qvl_image *img, int reps,
+                         image_result *out, char *err) {
+    stat_acc prep = {0}, enc = {0};
+    int merge2 = m->cfg.vision.merge * m->cfg.vision.merge;
+    for (int r = 0; r < reps; r++) {
+        qvl_pixels px = {0};
+        double t0 = qvl_now();
+        if (image_preprocess(img, pp, &px, err)) return -1;
+        double t1 = qvl_now();
+        qvl_grid g = { px.grid_t, px.grid_h, px.grid_w };
+        qvl_vision_out vo = {0};
+        int rc = vision_encode(m, px.pixels, px.n_patches, &g, 1, NULL, &vo, err);
+        double t2 = qvl_now();
+        out->seen_w = px.resized.width;
+        out->seen_h = px.resized.height;
+        out->tokens = px.n_patches / merge2;
+        vision_out_free(&vo);
+        pixels_free(&px);
+        if (rc) return -1;
+        acc_add(&prep, 1e3 * (t1 - t0));
+        acc_add(&enc, 1e3 * (t2 - t1));
+    }
+    out->width = img->width;
+    out->height = img->height;
+    out->preprocess_ms = prep.s;
+    out->encode_ms = enc.s;
+    return 0;
+}
+
+/* The ids of a one-picture question as the chat template lays it out:
+ *   <|im_start|> user \n <|vision_start|> <|image_pad|> x tokens <|vision_end|>
+ *   (a 4-token question) <|im_end|> \n <|im_start|> assistant \n
+ * The 12 text tokens are synthetic ids; the vision ones are the config's. */
+#define PROMPT_TEXT_BEFORE 3
+#define PROMPT_TEXT_AFTER 9
+static int *image_prompt(const qvl_model *m, int tokens, int *n) {
+    const qvl_config *c = &m->cfg;
+    int vocab = m->text.lm_head.out, k = 0, t = 0;
+    *n = PROMPT_TEXT_BEFORE + 2 + tokens + PROMPT_TEXT_AFTER;
+    int *ids = malloc(sizeof(int) * (size_t)*n);
+    if (!ids) return NULL;
+    for (int i = 0; i < PROMPT_TEXT_BEFORE; i++) ids[k++] = text_id(c, vocab, t++);
+    ids[k++] = c->vision_start_id;
+    for (int i = 0; i < tokens; i++) ids[k++] = c->image_token_id;
+    ids[k++] = c->vision_end_id;
+    for (int i = 0; i < PROMPT_TEXT_AFTER; i++) ids[k++] = text_id(c, vocab, t++);
+    return ids;
+}
+
+/* Time to first token: picture in, first answer id out. */
+static int measure_ttft(const qvl_model *m, const qvl_preproc *pp, const qvl_image *img, int reps,
+                        float *logits, int *prompt_tokens, stat *out, char *err) {
+    stat_acc a = {0};
+    int rc = 0;
+    for (int r = 0; r < reps && !rc; r++) {
+        qvl_pixels px = {0};
+        qvl_vision_out vo = {0};
+        qvl_cache *c = NULL;
+        int *ids = NULL, n = 0;
+        double t0 = qvl_now();
+        rc = -1;
+        if (image_preprocess(img, pp, &px, err)) goto next;
+        qvl_grid g = { px.grid_t, px.grid_h, px.grid_w };
+        if (vision_encode(m, px.pixels, px.n_patches, &g, 1, NULL, &vo, err)) goto next;
+        qvl_image_input in = { .embeds = vo.merged, .grid = vision_llm_grid(m, g) };
+        for (int j = 0; j < vo.n_deepstack; j++) in.deepstack[j] = vo.deepstack[j];
+        if (!(ids = image_prompt(m, vo.n_tokens, &n))) { qvl_seterr(err, "out of memory"); goto next; }
+        if (!(c = cache_new(m, n + 1, err))) goto next;
+        if (decoder_forward(c, ids, n, &in, 1, logits, 0, NULL, err)) goto next;
+        if (greedy_id(&m->cfg, logits, m->text.lm_head.out) < 0) { qvl_seterr(err, "no token to choose"); goto next; }
+        acc_add(&a, 1e3 * (qvl_now() - t0));
+        *prompt_tokens = n;
+        rc = 0;
+    next:
+        cache_free(c);
+        free(ids);
+        vision_out_free(&vo);
+        pixels_free(&px);
+    }
+    *out = a.s;
+    return rc;
+}
+
+/* ---------------------------------------------------------------- the run */
+
+static void openblas_facts(bench_result *r) {
+    r->blas_core = openblas_get_corename();
+    r->blas_env = getenv("OPENBLAS_CORETYPE");
+    r->kernel = ops_kernel_name();
+}
+
+static int bench_run(const bench_opts *o, bench_result *r, char *err) {
+    qvl_source dir;
+    const qvl_source *src = o->model_dir ? (dir = source_dir(o->model_dir), &dir) : demo_source();
+    qvl_model *m = NULL;
+    qvl_cache *c = NULL;
+    float *logits = NULL;
+    qvl_image pics[2] = {{0}};
+    qvl_pixels warm = {0};
+    qvl_preproc pp;
+    int rc = -1;
+
+    r->label = src->label ? src->label : o->model_dir;
+    r->threads = pool_set_threads(o->threads);
+    openblas_facts(r);
+    r->pp = o->pp;
+    r->tg = o->tg;
+
+    progress(o, "loading %s", r->label);
+    double t0 = qvl_now();
+    if (!(m = model_load(src, err))) goto done;
+    r->load_s = qvl_now() - t0;
+    weights_facts(m, r);
+    r->quant = quant_name(o->quant);
+    if (o->quant != QVL_QUANT_NONE) {
+        progress(o, "quantizing to %s", r->quant);
+        long long before = quantizable_bytes(m);
+        t0 = qvl_now();
+        if (model_quantize(m, o->quant, err)) goto done;
+        r->quantize_s = qvl_now() - t0;
+        r->weights_bytes += quantizable_bytes(m) - before;
+        r->quant_kernel = quant_kernel_name();
+    }
+    if (bench_preproc(src, &pp, err)) goto done;
+
+    int vocab = m->text.lm_head.out;
+    r->ctx = o->pp + o->tg;
+    r->kv_bytes_per_token = kv_bytes_per_token(&m->cfg);
+    r->kv_bytes = r->kv_bytes_per_token * r->ctx;
+    if (!(logits = malloc(sizeof(float) * (size_t)vocab))) { qvl_seterr(err, "out of memory"); goto done; }
+    /* + 1: with --pp 0, generation follows a single token. */
+    if (!(c = cache_new(m, r->ctx + 1, err))) goto done;
+    if (synthetic_picture(448, 448, &pics[0], err) || synthetic_picture(1024, 768, &pics[1], err)) goto done;
+
+    progress(o, "warming up (reading the weights in)");
+    t0 = qvl_now();
+    if (image_preprocess(&pics[0], &pp, &warm, err) || warm_up(m, c, logits, &warm, err)) goto done;
+    r->warmup_s = qvl_now() - t0;
+
+    if (o->pp > 0) {
+        progress(o, "prompt processing: %d tokens x %d", o->pp, o->reps);
+        if (measure_prompt(m, c, o->pp, o->reps, logits, &r->pp_tok_s, err)) goto done;
+    } else {
+        /* Generation still needs something to follow: one token. */
+        if (decoder_step(c, text_id(&m->cfg, vocab, 0), logits, err)) goto done;
+    }
+    if (o->tg > 0) {
+        progress(o, "generation: %d tokens after %d x %d", o->tg, cache_len(c), o->reps);
+        if (measure_generation(m, c, o->tg, o->reps, logits, &r->tg_tok_s, err)) goto done;
+    }
+    for (int i = 0; i < 2; i++) {
+        progress(o, "image encoding: %dx%d x %d", pics[i].width, pics[i].height, o->reps);
+        if (measure_image(m, &pp, &pics[i], o->reps, &r->img[i], err)) goto done;
+    }
+    progress(o, "time to first token: a question about the %dx%d picture x %d", pics[1].width,
+             pics[1].height, o->reps);
+    if (measure_ttft(m, &pp, &pics[1], o->reps, logits, &r->ttft_tokens, &r->ttft_ms, err)) goto done;
+    r->peak_rss_bytes = peak_rss_bytes();
+    rc = 0;
+done:
+    pixels_free(&warm);
+    image_free(&pics[0]);
+    image_free(&pics[1]);
+    free(logits);
+    cache_free(c);
+    model_free(m);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- reporting */
+
+/* "mean ± sd unit" (just the mean for a single repetition). */
+static const char *plus_minus(const stat *s, const char *fmt, const char *unit, char *buf, size_t n) {
+    char v[32], d[32];
+    snprintf(v, sizeof v, fmt, s->mean);
+    snprintf(d, sizeof d, fmt, s->sd);
+    if (s->n > 1) snprintf(buf, n, "%s ± %s %s", v, d, unit);
+    else snprintf(buf, n, "%s %s", v, unit);
+    return buf;
+}
+
+/* Columns are counted in characters, not bytes ("±" takes two). */
+static int display_width(const char *s) {
+    int n = 0;
+    for (; *s; s++) n += ((unsigned char)*s & 0xc0) != 0x80;
+    return n;
+}
+
+static void row(FILE *f, const char *what, const char *value) {
+    fprintf(f, "| %-44s | %*s%s |\n", what, 24 - display_width(value), "", value);
+}
+
+/* 1.5 GiB, 140.0 MiB, 36.0 KiB */
+static const char *human_bytes(long long b, char *buf, size_t n) {
+    if (b >= 1LL << 30) snprintf(buf, n, "%.2f GiB", b / (double)(1LL << 30));
+    else if (b >= 1LL << 20) snprintf(buf, n, "%.1f MiB", b / (double)(1LL << 20));
+    else snprintf(buf, n, "%.1f KiB", b / 1024.0);
+    return buf;
+}
+
+/* 2.13 B, 3.7 M */
+static const char *human_count(long long c, char *buf, size_t n) {
+    if (c >= 1000000000LL) snprintf(buf, n, "%.2f B", c / 1e9);
+    else snprintf(buf, n, "%.1f M", c / 1e6);
+    return buf;
+}
+
+static void print_table(FILE *f, const bench_result *r) {
+    char what[128], v[128], p1[32], p2[32], p3[32];
+    fprintf(f, "model      %s\n", r->label);
+    fprintf(f, "weights    %s parameters (text %s, vision %s), %s, %s\n", human_count(r->params, p1, sizeof p1),
+            human_count(r->text_params, p2, sizeof p2), human_count(r->vision_params, p3, sizeof p3), r->dtype,
+            human_bytes(r->weights_bytes, v, sizeof v));
+    fprintf(f, "cpu        %d threads, %s kernels, OpenBLAS core %s (OPENBLAS_CORETYPE %s)\n", r->threads,
+            r->kernel, r->blas_core ? r->blas_core : "?", r->blas_env ? r->blas_env : "unset");
+    if (r->quant_kernel)
+        fprintf(f, "quant      %s text matrices (%s kernels), %s in all\n", r->quant, r->quant_kernel,
+                human_bytes(r->weights_bytes, v, sizeof v));
+    const char *want = ops_openblas_coretype();
+    if (!r->blas_env && want && r->blas_core && strcasecmp(r->blas_core, want))
+        fprintf(f, "note       OpenBLAS chose its %s kernels; OPENBLAS_CORETYPE=%s set before qvl starts "
+                   "selects faster ones\n", r->blas_core, want);
+    fprintf(f, "\n");
+    row(f, "measure", "result");
+    fprintf(f, "|----------------------------------------------|--------------------------|\n");
+    snprintf(v, sizeof v, "%.2f s", r->load_s);
+    row(f, "load", v);
+    if (r->quant_kernel) {
+        snprintf(v, sizeof v, "%.2f s", r->quantize_s);
+        row(f, "quantization", v);
+    }
+    snprintf(v, sizeof v, "%.2f s", r->warmup_s);
+    row(f, "warm-up (weights read in)", v);
+    if (r->pp > 0) {
+        snprintf(what, sizeof what, "prompt processing (pp%d)", r->pp);
+        row(f, what, plus_minus(&r->pp_tok_s, "%.2f", "tok/s", v, sizeof v));
+    }
+    if (r->tg > 0) {
+        snprintf(what, sizeof what, "generation (tg%d after %d tokens)", r->tg, r->pp > 0 ? r->pp : 1);
+        row(f, what, plus_minus(&r->tg_tok_s, "%.2f", "tok/s", v, sizeof v));
+    }
+    for (int i = 0; i < 2; i++) {
+        const image_result *im = &r->img[i];
+        snprintf(what, sizeof what, "image %dx%d -> %dx%d, %d tokens", im->width, im->height, im->seen_w,
+                 im->seen_h, im->tokens);
+        row(f, what, plus_minus(&im->encode_ms, "%.1f", "ms", v, sizeof v));
+        row(f, "  its preprocessing", plus_minus(&im->preprocess_ms, "%.1f", "ms", v, sizeof v));
+    }
+    snprintf(what, sizeof what, "time to first token (%dx%d, %d tokens)", r->img[1].width, r->img[1].height,
+             r->ttft_tokens);
+    row(f, what, plus_minus(&r->ttft_ms, "%.0f", "ms", v, sizeof v));
+    snprintf(what, sizeof what, "KV cache (f32, %d tokens)", r->ctx);
+    row(f, what, human_bytes(r->kv_bytes, v, sizeof v));
+    row(f, "peak RSS", human_bytes(r->peak_rss_bytes, v, sizeof v));
+    fprintf(f, "\n");
+}
+
+static double rounded(double x, double unit) { return round(x / unit) * unit; }
+
+static void add_stat(cJSON *o, const char *key, const stat *s, int measured, double unit) {
+    char k[64];
+    snprintf(k, sizeof k, "%s_sd", key);
+    if (!measured) {
+        cJSON_AddNullToObject(o, key);
+        cJSON_AddNullToObject(o, k);
+        return;
+    }
+    cJSON_AddNumberToObject(o, key, rounded(s->mean, unit));
+    cJSON_AddNumberToObject(o, k, rounded(s->sd, unit));
+}
+
+/* Every figure, one line. */
+static char *result_json(const bench_result *r, int reps) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return NULL;
+    cJSON_AddStringToObject(o, "model", r->label);
+    cJSON_AddStringToObject(o, "dtype", r->dtype);
+    cJSON_AddNumberToObject(o, "params", (double)r->params);
+    cJSON_AddNumberToObject(o, "text_params", (double)r->text_params);
+    cJSON_AddNumberToObject(o, "vision_params", (double)r->vision_params);
+    cJSON_AddNumberToObject(o, "weights_bytes", (double)r->weights_bytes);
+    cJSON_AddNumberToObject(o, "threads", r->threads);
+    cJSON_AddStringToObject(o, "kernel", r->kernel);
+    if (r->blas_core) cJSON_AddStringToObject(o, "openblas_core", r->blas_core);
+    else cJSON_AddNullToObject(o, "openblas_core");
+    cJSON_AddStringToObject(o, "quant", r->quant);
+    if (r->quant_kernel) cJSON_AddStringToObject(o, "quant_kernel", r->quant_kernel);
+    else cJSON_AddNullToObject(o, "quant_kernel");
+    cJSON_AddNumberToObject(o, "reps", reps);
+    cJSON_AddNumberToObject(o, "load_s", rounded(r->load_s, 1e-4));
+    cJSON_AddNumberToObject(o, "quantize_s", rounded(r->quantize_s, 1e-4));
+    cJSON_AddNumberToObject(o, "warmup_s", rounded(r->warmup_s, 1e-4));
+    cJSON_AddNumberToObject(o, "pp_tokens", r->pp);
+    add_stat(o, "pp_tok_s", &r->pp_tok_s, r->pp > 0, 1e-3);
+    cJSON_AddNumberToObject(o, "tg_tokens", r->tg);
+    add_stat(o, "tg_tok_s", &r->tg_tok_s, r->tg > 0, 1e-3);
+    for (int i = 0; i < 2; i++) {
+        const image_result *im = &r->img[i];
+        char k[64];
+        const char *tag = i ? "img1024x768" : "img448x448";
+        snprintf(k, sizeof k, "%s_size", tag);
+        char size[32];
+        snprintf(size, sizeof size, "%dx%d", im->seen_w, im->seen_h);
+        cJSON_AddStringToObject(o, k, size);
+        snprintf(k, sizeof k, "%s_tokens", tag);
+        cJSON_AddNumberToObject(o, k, im->tokens);
+        snprintf(k, sizeof k, "%s_preprocess_ms", tag);
+        add_stat(o, k, &im->preprocess_ms, 1, 1e-3);
+        snprintf(k, sizeof k, "%s_encode_ms", tag);
+        add_stat(o, k, &im->encode_ms, 1, 1e-3);
+    }
+    cJSON_AddNumberToObject(o, "ttft_prompt_tokens", r->ttft_tokens);
+    add_stat(o, "ttft_ms", &r->ttft_ms, 1, 1e-3);
+    cJSON_AddNumberToObject(o, "ctx", r->ctx);
+    cJSON_AddNumberToObject(o, "kv_bytes_per_token", (double)r->kv_bytes_per_token);
+    cJSON_AddNumberToObject(o, "kv_bytes", (double)r->kv_bytes);
+    cJSON_AddNumberToObject(o, "peak_rss_bytes", (double)r->peak_rss_bytes);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+/* ---------------------------------------------------------------- arguments */
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: qvl bench [-m DIR] [-t THREADS] [--quant q8|q4] [--pp N] [--tg N] [--reps N] [--json-only]\n"
+               "Measures load time, prompt processing (--pp tokens, default 512), generation (--tg\n"
+               "tokens after the prompt, default 128), image encoding (448x448 and 1024x768), time to\n"
+               "first token of a question about an image, weights, KV cache and peak memory.  Each\n"
+               "measurement is repeated --reps times (default 3).  Without -m: the built-in demo model.\n"
+               "--quant converts the text matrices at load, as the chat's --quant does.\n"
+               "Prints a table, then one JSON line with every figure (--json-only: just that line).\n");
+}
+
+static int parse_count(const char *opt, const char *v, int min, int max, int *out) {
+    char *end;
+    long x = strtol(v, &end, 10);
+    if (!*v || *end || x < min || x > max) {
+        fprintf(stderr, "qvl bench: %s '%s': expected a whole number from %d to %d\n", opt, v, min, max);
+        return -1;
+    }
+    *out = (int)x;
+    return 0;
+}
+
+/* 0: run, 1: help printed, -1: usage error (message printed). */
+static int parse_args(int argc, char **argv, bench_opts *o) {
+    enum { OPT_PP = 256, OPT_TG, OPT_REPS, OPT_JSON, OPT_QUANT };
+    static const struct option longopts[] = {
+        { "model", required_argument, 0, 'm' }, { "threads", required_argument, 0, 't' },
+        { "pp", required_argument, 0, OPT_PP }, { "tg", required_argument, 0, OPT_TG },
+        { "reps", required_argument, 0, OPT_REPS }, { "json-only", no_argument, 0, OPT_JSON },
+        { "quant", required_argument, 0, OPT_QUANT },
+        { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 },
+    };
+    *o = (bench_opts){ .pp = 512, .tg = 128, .reps = 3 };
+    int c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":m:t:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'm': o->model_dir = optarg; break;
+        case 't': if (parse_count("-t", optarg, 1, QVL_MAX_THREADS, &o->threads)) return -1; break;
+        case OPT_PP: if (parse_count("--pp", optarg, 0, MAX_TOKENS, &o->pp)) return -1; break;
+        case OPT_TG: if (parse_count("--tg", optarg, 0, MAX_TOKENS, &o->tg)) return -1; break;
+        case OPT_REPS: if (parse_count("--reps", optarg, 1, MAX_REPS, &o->reps)) return -1; break;
+        case OPT_JSON: o->json_only = 1; break;
+        case OPT_QUANT:
+            if (quant_parse(optarg, &o->quant)) {
+                fprintf(stderr, "qvl bench: --quant '%s': expected none, q8 or q4\n", optarg);
+                return -1;
+            }
+            break;
+        case 'h': usage(stdout); return 1;
+        case ':':
+            fprintf(stderr, "qvl bench: %s needs a value\n", argv[optind - 1]);
+            usage(stderr);
+            return -1;
+        default:
+            fprintf(stderr, "qvl bench: unknown option '%s'\n", argv[optind - 1]);
+            usage(stderr);
+            return -1;
+        }
+    }
+    if (optind != argc) {
+        fprintf(stderr, "qvl bench: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return -1;
+    }
+    return 0;
+}
+
+int tool_bench_main(int argc, char **argv) {
+    bench_opts o;
+    int a = parse_args(argc, argv, &o);
+    if (a) return a > 0 ? 0 : 2;
+    bench_result r = {0};
+    char err[QVL_ERR_MAX] = "";
+    int status = 0;
+    if (bench_run(&o, &r, err)) {
+        fprintf(stderr, "qvl bench: %s\n", err[0] ? err : "failed");
+        status = 1;
+    } else {
+        if (!o.json_only) print_table(stdout, &r);
+        char *line = result_json(&r, o.reps);
+        if (line) printf("%s\n", line);
+        else { fprintf(stderr, "qvl bench: out of memory\n"); status = 1; }
+        free(line);
+    }
+    pool_shutdown();
+    return status;
+}
