@@ -11,9 +11,9 @@
  *   q8:  in_pad int8 q (-127..127), then nb float16 scales (little endian).
  *        d = max|w| / 127, q = round(w / d).             in_pad + 2*nb bytes
  *   q4:  in_pad/2 bytes of 4-bit codes, then nb float16 scales.
- *        q in -8..7, stored as the nibble q + 8.  d starts as m / -8 (m the
- *        weight of largest magnitude, so m itself maps to -8), then is refit by
- *        least squares for the chosen q (d = sum w q / sum q q).
+ *        q in -8..7, stored as the nibble q + 8, q = round(w / d) clamped.
+ *        d: the best least-squares fit among a few steps around m / -8 (m the
+ *        weight of largest magnitude, which that step maps onto -8).
  *        Codes go in groups of 128 weights (the last group has 64 when in_pad
  *        is not a multiple of 128): in a group of G weights, byte j of the
  *        group's G/2 bytes holds weight j in its low nibble and weight j + G/2
@@ -22,7 +22,7 @@
  * In a checkpoint written by `qvl quantize` such a matrix is a tensor of dtype
  * U8 and shape [out, row bytes]; the row size tells q8 from q4 (in_pad*17/16
  * against in_pad*9/16), and __metadata__ carries "qvl.quant" ("q8"/"q4") and
- * "qvl.quantized" (a JSON list of the tensor names).  model_load maps them in
+ * "qvl.quantized" (the tensor names, comma-separated).  model_load maps them in
  * place.  MoE experts are stored per expert (mlp.experts.<e>.gate_proj.weight
  * ...), out-major, and a tied lm_head as its own lm_head.weight.
  *
@@ -107,12 +107,15 @@ static float f16_round(float d) {
     return qvl_f16_to_f32(qvl_f32_to_f16(d));
 }
 
+/* Round to nearest (ties to even) for |v| < 2^22, in a form that vectorizes. */
+static inline float round_near(float v) { return (v + 12582912.0f) - 12582912.0f; }
+
 static void quant_block_q8(const float *w, int8_t *q, uint8_t *scale) {
     float amax = 0;
     for (int j = 0; j < QUANT_BLOCK; j++) amax = fmaxf(amax, fabsf(w[j]));
     float d = f16_round(amax / 127.0f), id = d != 0 ? 1.0f / d : 0;
     for (int j = 0; j < QUANT_BLOCK; j++) {
-        float v = roundf(w[j] * id);
+        float v = round_near(w[j] * id);
         q[j] = (int8_t)(v > 127 ? 127 : v < -127 ? -127 : v);
     }
     store_f16(scale, d);
@@ -122,28 +125,45 @@ static void quant_block_q8(const float *w, int8_t *q, uint8_t *scale) {
 static void q4_codes(const float *w, float d, int8_t *q) {
     float id = d != 0 ? 1.0f / d : 0;
     for (int j = 0; j < QUANT_BLOCK; j++) {
-        float v = roundf(w[j] * id);
+        float v = round_near(w[j] * id);
         q[j] = (int8_t)(v > 7 ? 7 : v < -8 ? -8 : v);
     }
 }
 
+/* For the codes that scale `d` gives: the least-squares scale sum(wq)/sum(qq)
+ * and how much it lowers the squared error, (sum wq)^2 / sum qq. */
+static float q4_fit(const float *w, float d, float *gain) {
+    float id = 1.0f / d, wq = 0, qq = 0;
+    for (int j = 0; j < QUANT_BLOCK; j++) {
+        float v = round_near(w[j] * id);
+        v = v > 7 ? 7 : v < -8 ? -8 : v;
+        wq += w[j] * v;
+        qq += v * v;
+    }
+    *gain = qq > 0 ? wq * wq / qq : 0;
+    return qq > 0 ? wq / qq : 0;
+}
+
+/* Q4_0-like with a searched scale: m / -8 maps the largest weight m onto -8
+ * exactly, but a slightly different step (clipping m a little, or mapping it
+ * onto +7) often fits the other 31 better.  A few steps around it are tried,
+ * each with its least-squares refit, and the best fit kept. */
 static void quant_block_q4(const float *w, int8_t *q, uint8_t *scale) {
     float m = 0;
     for (int j = 0; j < QUANT_BLOCK; j++) if (fabsf(w[j]) > fabsf(m)) m = w[j];
-    float d = f16_round(m / -8.0f);
-    q4_codes(w, d, q);
-    /* The least-squares scale for these codes never fits worse than d. */
-    double wq = 0, qq = 0;
-    for (int j = 0; j < QUANT_BLOCK; j++) { wq += (double)w[j] * q[j]; qq += (double)q[j] * q[j]; }
-    if (qq > 0) {
-        float d2 = f16_round((float)(wq / qq));
-        double e1 = 0, e2 = 0;
-        for (int j = 0; j < QUANT_BLOCK; j++) {
-            e1 += (w[j] - d * q[j]) * (double)(w[j] - d * q[j]);
-            e2 += (w[j] - d2 * q[j]) * (double)(w[j] - d2 * q[j]);
-        }
-        if (e2 < e1) d = d2;
+    if (m == 0) {
+        memset(q, 0, QUANT_BLOCK);
+        store_f16(scale, 0);
+        return;
     }
+    static const float steps[] = { -8.0f, -8.5f, -7.75f, -7.5f, -7.25f, -7.0f, -6.5f, 7.0f, 7.5f };
+    float best_gain = -1, best_d = m / -8.0f;
+    for (size_t k = 0; k < sizeof steps / sizeof *steps; k++) {
+        float gain, d = q4_fit(w, m / steps[k], &gain);
+        if (gain > best_gain && d != 0) { best_gain = gain; best_d = d; }
+    }
+    float d = f16_round(best_d);
+    q4_codes(w, d, q);
     store_f16(scale, d);
 }
 

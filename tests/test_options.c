@@ -176,6 +176,32 @@ START_TEST(help_lists_every_option) {
 }
 END_TEST
 
+/* --quant: the weights' precision at load, passed on to the session. */
+START_TEST(quant_option) {
+    qvl_options o;
+    qvl_session_opts so;
+    qvl_source src = source_dir("/models/x");
+    char err[QVL_ERR_MAX];
+    static const struct { const char *arg; qvl_quant q; } ok[] = {
+        { "q8", QVL_QUANT_Q8 }, { "q4", QVL_QUANT_Q4 }, { "none", QVL_QUANT_NONE },
+    };
+    ck_assert_int_eq(parse(&o, err, NULL), OPTIONS_RUN);
+    ck_assert_int_eq(o.quant, QVL_QUANT_NONE);
+    options_free(&o);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_msg(parse(&o, err, "--quant", ok[i].arg, NULL) == OPTIONS_RUN, "%s", err);
+        ck_assert_int_eq(o.quant, ok[i].q);
+        options_session(&o, &src, &so);
+        ck_assert_int_eq(so.quant, ok[i].q);
+        options_free(&o);
+    }
+    expect_error("--quant", "--quant", "q5", NULL);
+    expect_error("--quant", "--quant", "Q8", NULL);
+    expect_error("--quant", "--quant", "", NULL);
+    expect_error("option --quant needs a value", "--quant", NULL);
+}
+END_TEST
+
 START_TEST(bad_values_name_the_option) {
     expect_error("--temp", "--temp", "-1", NULL);
     expect_error("--temp", "--temp", "hot", NULL);
@@ -427,6 +453,7 @@ int main(void) {
     tcase_add_test(t, every_option);
     tcase_add_test(t, help_and_version);
     tcase_add_test(t, help_lists_every_option);
+    tcase_add_test(t, quant_option);
     tcase_add_test(t, bad_values_name_the_option);
     tcase_add_test(t, bad_usage);
     tcase_add_test(t, empty_prompt_with_image_is_fine);

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "testutil.h"
+#include "tmuxterm.h"
 #include "common.h"
 #include "complete.h"
 #include "lineui.h"
@@ -27,7 +28,6 @@
 #include "worker.h"
 
 static const char *self_exe;
-static int row_of(const char *screen, const char *text);
 
 /* ================================================================ markdown */
 
@@ -306,143 +306,18 @@ START_TEST(worker_commands_and_load_failure) {
 }
 END_TEST
 
-/* ================================================================ tmux harness */
-
-typedef struct {
-    char dir[4096], sock[4200], log[4200], result[4200];
-    int w, h;
-} term;
-
-static int sh(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int sh(char **out, const char *fmt, ...) {
-    char cmd[16384];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    char *o = NULL, *e = NULL;
-    int rc = run_cmd(cmd, &o, &e);
-    free(e);
-    if (out) *out = o; else free(o);
-    return rc;
-}
+/* ================================================================ tmux */
 
 /* Starts the child (mode "tui" or "line") in a w x h tmux window. */
 static void term_start(term *t, const char *mode, const char *model, const char *images, int w, int h,
                        const char *token_ms) {
-    memset(t, 0, sizeof *t);
-    snprintf(t->dir, sizeof t->dir, "%s", tmp_dir("tmux"));
-    snprintf(t->sock, sizeof t->sock, "%s/sock", t->dir);
-    snprintf(t->log, sizeof t->log, "%s/stderr.log", t->dir);
-    snprintf(t->result, sizeof t->result, "%s/result.txt", t->dir);
-    t->w = w;
-    t->h = h;
-    char conf[4200];
-    snprintf(conf, sizeof conf, "%s/tmux.conf", t->dir);
-    const char *cfg = "set -g remain-on-exit on\nset -g default-terminal tmux-256color\nset -g escape-time 0\n"
-                      "set -g status off\nset -g history-limit 100\n";
-    write_file(conf, cfg, strlen(cfg));
-    int rc = sh(NULL,
-        "tmux -S '%s' -f '%s' new-session -d -s t -x %d -y %d "
-        "\"env LANG=C.UTF-8 COLORTERM=truecolor QVL_IMAGES=%s QVL_FAKE_TOKEN_MS=%s QVL_FAKE_LOAD_MS=50 "
-        "QVL_CHILD_MODE=%s QVL_CHILD_MODEL='%s' QVL_CHILD_RESULT='%s' '%s' --child 2>'%s'\"",
-        t->sock, conf, w, h, images, token_ms, mode, model, t->result, self_exe, t->log);
-    ck_assert_msg(rc == 0, "tmux did not start");
-}
-
-static char *term_screen(term *t, int escapes) {
-    char *out = NULL;
-    sh(&out, "tmux -S '%s' capture-pane -p %s -t t", t->sock, escapes ? "-e" : "");
-    return out ? out : strdup("");
-}
-
-/* Waits until the screen shows `text`; returns the screen (caller frees). */
-static char *term_wait(term *t, const char *text, double timeout) {
-    double end = qvl_now() + timeout;
-    for (;;) {
-        char *s = term_screen(t, 0);
-        if (strstr(s, text)) return s;
-        if (qvl_now() > end) {
-            ck_abort_msg("timed out waiting for \"%s\"; the screen was:\n%s", text, s);
-        }
-        free(s);
-        usleep(30000);
-    }
-}
-
-static void term_wait_free(term *t, const char *text, double timeout) { free(term_wait(t, text, timeout)); }
-
-/* Waits until `text` is on screen row `row` (after a resize, say). */
-static void term_wait_row(term *t, const char *text, int row, double timeout) {
-    double end = qvl_now() + timeout;
-    for (;;) {
-        char *s = term_screen(t, 0);
-        int at = row_of(s, text);
-        if (at == row) { free(s); return; }
-        if (qvl_now() > end) ck_abort_msg("\"%s\" is on row %d, not %d; the screen was:\n%s", text, at, row, s);
-        free(s);
-        usleep(30000);
-    }
-}
-
-static void term_type(term *t, const char *text) {
-    char esc[8192], *o = esc;
-    for (const char *p = text; *p && o < esc + sizeof esc - 8; p++) {   /* single-quote for the shell */
-        if (*p == '\'') { memcpy(o, "'\\''", 4); o += 4; }
-        else *o++ = *p;
-    }
-    *o = 0;
-    sh(NULL, "tmux -S '%s' send-keys -t t -l -- '%s'", t->sock, esc);
-}
-
-static void term_keys(term *t, const char *keys) { sh(NULL, "tmux -S '%s' send-keys -t t %s", t->sock, keys); }
-
-/* Waits for the child's result line and checks it exited as expected with the
- * terminal modes restored and nothing on stderr. */
-static char *term_finish(term *t, int expect_rc) {
-    double end = qvl_now() + 10;
-    struct stat st;
-    while (stat(t->result, &st) != 0 || st.st_size == 0) {
-        ck_assert_msg(qvl_now() < end, "the child did not exit");
-        usleep(20000);
-    }
-    /* the process must be gone before its stderr is read: leak reports come at exit */
-    for (;;) {
-        char *dead = NULL;
-        sh(&dead, "tmux -S '%s' display-message -p -t t '#{pane_dead}'", t->sock);
-        int gone = dead && dead[0] == '1';
-        free(dead);
-        if (gone) break;
-        ck_assert_msg(qvl_now() < end, "the child did not end");
-        usleep(20000);
-    }
-    char *res = slurp(t->result, NULL);
-    char want[32];
-    snprintf(want, sizeof want, "rc=%d restored=1", expect_rc);
-    ck_assert_msg(strstr(res, want) != NULL, "child result: %s", res);
-    char *log = slurp(t->log, NULL);
-    ck_assert_msg(strstr(log, "Sanitizer") == NULL && strstr(log, "runtime error") == NULL,
-                  "child stderr: %s", log);
-    free(log);
-    return res;
-}
-
-static void term_stop(term *t) { sh(NULL, "tmux -S '%s' kill-server", t->sock); }
-
-/* The screen row (0-based) holding `text`, or -1. */
-static int row_of(const char *screen, const char *text) {
-    int row = 0;
-    for (const char *line = screen; *line; row++) {
-        const char *nl = strchr(line, '\n');
-        size_t len = nl ? (size_t)(nl - line) : strlen(line);
-        char *copy = strndup(line, len);
-        int hit = strstr(copy, text) != NULL;
-        free(copy);
-        if (hit) return row;
-        if (!nl) break;
-        line = nl + 1;
-    }
-    return -1;
+    char cmd[16384];
+    term_init(t, w, h);
+    snprintf(cmd, sizeof cmd,
+        "env LANG=C.UTF-8 COLORTERM=truecolor QVL_IMAGES=%s QVL_FAKE_TOKEN_MS=%s QVL_FAKE_LOAD_MS=50 "
+        "QVL_CHILD_MODE=%s QVL_CHILD_MODEL='%s' QVL_CHILD_RESULT='%s' '%s' --child 2>'%s'",
+        images, token_ms, mode, model, t->result, self_exe, t->log);
+    term_run(t, cmd);
 }
 
 /* ================================================================ the TUI */
