@@ -66,7 +66,7 @@ static int interactive(const qvl_options *o, const qvl_source *model) {
     qvl_session_opts so;
     options_session(o, model, &so);
     tui_opts to = {
-        .images = images_mode_name(o->images_mode),
+        .images = qvl_images_name(o->images_mode),
         .attach = o->images,
         .nattach = o->nimages,
     };

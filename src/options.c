@@ -107,17 +107,6 @@ void options_usage(FILE *f) {
         QVL_DEFAULT_CTX, QVL_DEFAULT_MAX_PIXELS, QVL_MAX_LOGPROBS);
 }
 
-const char *images_mode_name(qvl_images_mode m) {
-    static const char *names[] = { "auto", "sixel", "blocks", "none" };
-    return names[m];
-}
-
-static int parse_images_mode(const char *s, qvl_images_mode *m) {
-    for (int i = 0; i <= IMAGES_NONE; i++)
-        if (!strcmp(s, images_mode_name((qvl_images_mode)i))) { *m = (qvl_images_mode)i; return 0; }
-    return -1;
-}
-
 /* A whole-string integer in [lo, hi]. */
 static int parse_int_in(const char *opt, const char *s, long lo, long hi, long *out, char *err) {
     char *end;
@@ -225,7 +214,7 @@ static void options_defaults(qvl_options *o) {
     memset(o, 0, sizeof *o);
     sampling_unset(&o->sampling);
     o->ctx = QVL_DEFAULT_CTX;
-    o->images_mode = IMAGES_AUTO;
+    o->images_mode = QVL_IMAGES_AUTO;
 }
 
 static int add_image(qvl_options *o, const char *path, char *err) {
@@ -273,7 +262,7 @@ static int apply_option(qvl_options *o, int c, const char *arg, char *err) {
         o->max_pixels_model = 0;
         return parse_pixels("--max-pixels", arg, &o->max_pixels, err);
     case OPT_IMAGES:
-        if (parse_images_mode(arg, &o->images_mode)) {
+        if (qvl_images_parse(arg, "--images", &o->images_mode, NULL)) {
             qvl_seterr(err, "--images: expected auto, sixel, blocks or none, got '%s'", arg);
             return -1;
         }
@@ -322,7 +311,7 @@ static int check_combination(qvl_options *o, int images_given, char *err) {
     }
     if (!images_given) {
         const char *env = getenv("QVL_IMAGES");
-        if (env && *env && parse_images_mode(env, &o->images_mode)) {
+        if (env && *env && qvl_images_parse(env, "QVL_IMAGES", &o->images_mode, NULL)) {
             qvl_seterr(err, "QVL_IMAGES: expected auto, sixel, blocks or none, got '%s'", env);
             return -1;
         }

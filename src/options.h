@@ -9,6 +9,7 @@
 
 #include <stdio.h>
 #include "session.h"
+#include "term.h"   /* qvl_images_mode */
 
 /* Exit codes of the program. */
 #define QVL_EXIT_OK 0
@@ -18,7 +19,6 @@
 #define QVL_DEFAULT_CTX 8192
 #define QVL_DEFAULT_MAX_PIXELS 1048576L   /* 1024 image tokens of 32x32 pixels (the session applies it) */
 
-typedef enum { IMAGES_AUTO, IMAGES_SIXEL, IMAGES_BLOCKS, IMAGES_NONE } qvl_images_mode;
 
 typedef struct {
     const char *model_dir;      /* -m; NULL: the built-in demo model */
@@ -58,6 +58,5 @@ void options_usage(FILE *f);
  * silent); `model` is the source the caller opened. */
 void options_session(const qvl_options *o, const qvl_source *model, qvl_session_opts *so);
 
-const char *images_mode_name(qvl_images_mode m);
 
 #endif

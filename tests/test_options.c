@@ -63,7 +63,7 @@ START_TEST(defaults) {
     ck_assert_int_eq(o.threads, 0);
     ck_assert_int_eq(o.max_tokens, 0);
     ck_assert_int_eq(o.logprobs, 0);
-    ck_assert_int_eq(o.images_mode, IMAGES_AUTO);
+    ck_assert_int_eq(o.images_mode, QVL_IMAGES_AUTO);
     ck_assert(isnan(o.sampling.temperature) && isnan(o.sampling.top_p) && isnan(o.sampling.min_p));
     ck_assert(isnan(o.sampling.repeat_penalty) && isnan(o.sampling.presence_penalty));
     ck_assert_int_eq(o.sampling.top_k, -1);
@@ -103,7 +103,7 @@ START_TEST(every_option) {
     ck_assert_int_eq(o.threads, 3);
     ck_assert_int_eq(o.min_pixels, 4096);
     ck_assert_int_eq(o.max_pixels, 65536);
-    ck_assert_int_eq(o.images_mode, IMAGES_BLOCKS);
+    ck_assert_int_eq(o.images_mode, QVL_IMAGES_BLOCKS);
     ck_assert_int_eq(o.logprobs, 5);
     ck_assert_int_eq(o.line, 1);
     ck_assert_int_eq(o.verbose, 1);
@@ -259,10 +259,10 @@ START_TEST(images_mode_from_environment) {
     char err[QVL_ERR_MAX];
     setenv("QVL_IMAGES", "none", 1);
     ck_assert_int_eq(parse(&o, err, NULL), OPTIONS_RUN);
-    ck_assert_int_eq(o.images_mode, IMAGES_NONE);
+    ck_assert_int_eq(o.images_mode, QVL_IMAGES_NONE);
     options_free(&o);
     ck_assert_int_eq(parse(&o, err, "--images", "sixel", NULL), OPTIONS_RUN);   /* the option wins */
-    ck_assert_int_eq(o.images_mode, IMAGES_SIXEL);
+    ck_assert_int_eq(o.images_mode, QVL_IMAGES_SIXEL);
     options_free(&o);
     setenv("QVL_IMAGES", "bogus", 1);
     ck_assert_int_eq(parse(&o, err, NULL), -1);
