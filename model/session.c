@@ -768,30 +768,49 @@ int session_save(const qvl_session *s, const char *path, char *err) {
     return rc;
 }
 
+int session_set_reply(qvl_session *s, const char *reply, char *err) {
+    if (s->nturns == 0) {
+        qvl_seterr(err, "an assistant message needs a user message before it");
+        return -1;
+    }
+    turn *cur = &s->turns[s->nturns - 1];
+    int *ids = NULL, n = 0;
+    if (encode_text(s, reply, &ids, &n, err) != 0) return -1;
+    /* rewind the cache to the end of the user's tokens: the reply so far goes */
+    int start = cache_len(s->cache) - (cur->n_reply - s->pending);
+    char e2[QVL_ERR_MAX];
+    if (start < 0 || cache_truncate(s->cache, start, e2) != 0) {
+        free(ids);
+        qvl_seterr(err, "cannot replace the reply: %s", e2);
+        return -1;
+    }
+    if (start + n >= cache_ctx(s->cache)) n = cache_ctx(s->cache) - start - 1;
+    if (n < 0) n = 0;
+    int rc = feed(s, ids, n, NULL, 0, 0, err);
+    if (rc) {
+        free(ids);
+        return -1;
+    }
+    free(cur->reply_ids);
+    cur->reply_ids = ids;
+    cur->n_reply = cur->cap_reply = n;
+    free(cur->reply_text);
+    cur->reply_text = strdup(reply);
+    s->generating = 0;
+    s->pending = 0;
+    s->have_logits = 0;
+    s->last_closed = 0;
+    s->text_len = 0;
+    append_text(s, reply, strlen(reply));
+    emit_state(s, QVL_STATE_IDLE, 1);
+    return 0;
+}
+
 /* Adds a finished exchange (user message + the reply text) without generating. */
 static int add_exchange(qvl_session *s, const qvl_part *parts, int nparts, const char *reply, char *err) {
     if (session_send(s, parts, nparts, err) != 0) return -1;
-    turn *cur = &s->turns[s->nturns - 1];
     s->generating = 0;
-    int *ids = NULL, n = 0;
-    if (encode_text(s, reply, &ids, &n, err) != 0) return -1;
-    if (cache_len(s->cache) + n >= cache_ctx(s->cache)) n = cache_ctx(s->cache) - cache_len(s->cache) - 1;
-    if (n < 0) n = 0;
-    int rc = feed(s, ids, n, NULL, 0, 0, err);
-    if (!rc) {
-        free(cur->reply_ids);
-        cur->reply_ids = ids;
-        cur->n_reply = cur->cap_reply = n;
-        cur->reply_text = strdup(reply);
-        s->have_logits = 0;
-        s->last_closed = 0;
-        s->text_len = 0;
-        append_text(s, reply, strlen(reply));
-    } else {
-        free(ids);
-    }
-    emit_state(s, QVL_STATE_IDLE, 1);
-    return rc;
+    return session_set_reply(s, reply, err);
 }
 
 int session_load(qvl_session *s, const char *path, char *err) {

@@ -113,6 +113,9 @@ void session_cancel(qvl_session *s);
 const char *session_reply_text(const qvl_session *s);
 const char *session_reply_reasoning(const qvl_session *s);
 void session_reply_info(const qvl_session *s, qvl_reply_info *info);
+/* Replaces the last reply (finished or not) with the given text, as if the
+ * model had said it: how a saved conversation brings back its own replies. */
+int session_set_reply(qvl_session *s, const char *reply, char *err);
 
 /* Conversation control. */
 void session_clear(qvl_session *s);                                   /* new conversation, same system prompt */

@@ -121,7 +121,7 @@ static int handle_line(jsonl *j, const char *line, char *err) {
         j->user_turns = 0;
         r = 0;
     } else if (!cJSON_IsString(role)) {
-        qvl_seterr(err, "expected \"role\" (system or user) or \"reset\"");
+        qvl_seterr(err, "expected \"role\" (system, user or assistant) or \"reset\"");
     } else if (!content) {
         qvl_seterr(err, "missing \"content\"");
     } else if (!strcmp(role->valuestring, "system")) {
@@ -134,8 +134,12 @@ static int handle_line(jsonl *j, const char *line, char *err) {
         if (session_send(j->s, m.parts, m.nparts, err)) goto done;
         j->user_turns++;
         r = reply(j->s, j->o, j->out, err);
+    } else if (!strcmp(role->valuestring, "assistant")) {
+        /* history: the reply to the user line before it is this text (a /save file replays so) */
+        if (!cJSON_IsString(content)) { qvl_seterr(err, "assistant \"content\" must be a string"); goto done; }
+        r = session_set_reply(j->s, content->valuestring, err);
     } else {
-        qvl_seterr(err, "role \"%.40s\" is not accepted (system or user)", role->valuestring);
+        qvl_seterr(err, "role \"%.40s\" is not accepted (system, user or assistant)", role->valuestring);
     }
 done:
     message_free(&m);

@@ -6,6 +6,8 @@
  *   {"role":"user","content":[{"type":"text","text":"..."},
  *                             {"type":"image","image":"path.png"},
  *                             {"type":"image_url","image_url":{"url":"data:image/png;base64,..."}}]}
+ *   {"role":"assistant","content":"..."}   replaces the reply to the user line before it
+ *                                          (history: how a /save file replays)
  *   {"reset":true}                          new conversation (system prompt back to -s)
  * Each user line gives one output line:
  *   {"content", "reasoning" (thinking models), "token_ids", "finish_reason",

@@ -261,6 +261,40 @@ START_TEST(demo_batch_conversation_continues) {
 }
 END_TEST
 
+static int parse_lines(char *out, cJSON **lines, int max);
+
+/* /save writes a conversation that --jsonl replays with its own replies: the
+ * next answer equals the batch conversation's. */
+START_TEST(demo_save_replays_with_jsonl) {
+    const char *dir = tmp_dir("save");
+    char saved[4200], script[8192], cont[16384];
+    snprintf(saved, sizeof saved, "%s/conv.jsonl", dir);
+    snprintf(script, sizeof script, "/image %s\nDescribe the image.\n/save %s\nWhat color is the background?\n",
+             data_path("demo/example_6.png"), saved);
+    char *path = write_tmp("save", "script.txt", script), *out, *err;
+    int st = qvl("--greedy", path, &out, &err);
+    ck_assert_msg(st == 0, "status %d: %s", st, err);
+    const char *second = strstr(out, "\n\n");
+    ck_assert(second != NULL);
+    char *file = slurp(saved, NULL);
+    ck_assert_msg(strstr(file, "\"role\":\"assistant\""), "%s", file);
+    snprintf(cont, sizeof cont, "%s{\"role\":\"user\",\"content\":\"What color is the background?\"}\n", file);
+    free(file);
+    char *jpath = write_tmp("save", "replay.jsonl", cont), *jout, *jerr;
+    st = qvl("--greedy --jsonl", jpath, &jout, &jerr);
+    ck_assert_msg(st == 0, "status %d: %s", st, jerr);
+    cJSON *lines[4];
+    ck_assert_int_eq(parse_lines(jout, lines, 4), 2);
+    char want[1024];
+    snprintf(want, sizeof want, "%s", second + 2);
+    want[strcspn(want, "\n")] = 0;
+    ck_assert_str_eq(str(lines[1], "content"), want);
+    cJSON_Delete(lines[0]);
+    cJSON_Delete(lines[1]);
+    free(out); free(err); free(path); free(jout); free(jerr); free(jpath);
+}
+END_TEST
+
 /* -i without -p: the images go with the first message of the script. */
 START_TEST(demo_batch_image_option) {
     cJSON *j = demo_answers();
@@ -614,6 +648,7 @@ int main(void) {
     tcase_add_test(t, demo_batch_multiline_message);
     tcase_add_test(t, demo_batch_image_option);
     tcase_add_test(t, demo_jsonl_answers);
+    tcase_add_test(t, demo_save_replays_with_jsonl);
     tcase_add_test(t, demo_seed_reproduces);
     tcase_add_test(t, demo_prompt_too_long);
     tcase_add_test(t, demo_corrupt_image);

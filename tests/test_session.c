@@ -318,6 +318,32 @@ START_TEST(chunked_prefill_gives_the_same_reply) {
 }
 END_TEST
 
+/* Replacing a reply equals loading a conversation that holds that reply. */
+START_TEST(set_reply_matches_a_loaded_conversation) {
+    qvl_session *a = open_demo(2048), *b = open_demo(2048);
+    char err[QVL_ERR_MAX], path[4096];
+    free(ask(a, "demo/example_4.png", "Describe the image.", NULL, NULL, 0));
+    ck_assert_msg(session_set_reply(a, "A red circle on a white background.", err) == 0, "%s", err);
+    ck_assert_str_eq(session_reply_text(a), "A red circle on a white background.");
+    snprintf(path, sizeof path, "%s/conv.jsonl", tmp_dir("reply"));
+    ck_assert_msg(session_save(a, path, err) == 0, "%s", err);
+    char *file = slurp(path, NULL);
+    ck_assert_msg(strstr(file, "A red circle on a white background."), "%s", file);
+    free(file);
+    ck_assert_msg(session_load(b, path, err) == 0, "%s", err);
+    char *ra = ask(a, NULL, "What color is the background?", NULL, NULL, 0);
+    char *rb = ask(b, NULL, "What color is the background?", NULL, NULL, 0);
+    ck_assert_str_eq(ra, rb);
+    free(ra);
+    free(rb);
+    qvl_session *c = open_demo(2048);
+    ck_assert(session_set_reply(c, "x", err) != 0);
+    session_close(a);
+    session_close(b);
+    session_close(c);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("session");
     TCase *tc = tcase_create("core");
@@ -330,6 +356,7 @@ int main(void) {
     tcase_add_test(tc, failures_change_nothing);
     tcase_add_test(tc, system_prompt_survives_clear);
     tcase_add_test(tc, chunked_prefill_gives_the_same_reply);
+    tcase_add_test(tc, set_reply_matches_a_loaded_conversation);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }
