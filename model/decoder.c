@@ -25,13 +25,17 @@
 #include "ops.h"
 #include "threadpool.h"
 
+typedef struct fwd_scratch fwd_scratch;
+
 struct qvl_cache {
     const qvl_model *m;
     int ctx, len;
     int kvd;                /* kv_heads * head_dim: one token's keys in one layer */
-    float *k, *v;           /* [layers][ctx][kvd] */
+    float *k, *v;           /* [layers][kv_heads][ctx][head_dim] */
     int *next_after;        /* [ctx]: next scalar position after token i */
     qvl_mrope rope;
+    fwd_scratch *step;      /* decoding's scratch, kept between tokens */
+    float *scores;          /* decoding attention: [heads][ctx] */
 };
 
 qvl_cache *cache_new(const qvl_model *m, int ctx, char *err) {
@@ -51,7 +55,8 @@ qvl_cache *cache_new(const qvl_model *m, int ctx, char *err) {
     c->k = malloc(per * sizeof(float));
     c->v = malloc(per * sizeof(float));
     c->next_after = malloc((size_t)ctx * sizeof(int));
-    if (!c->k || !c->v || !c->next_after) {
+    c->scores = malloc((size_t)tc->heads * (size_t)ctx * sizeof(float));
+    if (!c->k || !c->v || !c->next_after || !c->scores) {
         qvl_seterr(err, "out of memory for a KV cache of %d tokens (%.1f MB)", ctx,
                    2.0 * (double)per * sizeof(float) / 1e6);
         cache_free(c);
@@ -60,11 +65,16 @@ qvl_cache *cache_new(const qvl_model *m, int ctx, char *err) {
     return c;
 }
 
+static void scratch_free(fwd_scratch *s);
+
 void cache_free(qvl_cache *c) {
     if (!c) return;
     free(c->k);
     free(c->v);
     free(c->next_after);
+    if (c->step) scratch_free(c->step);
+    free(c->step);
+    free(c->scores);
     free(c);
 }
 
@@ -83,17 +93,25 @@ int cache_truncate(qvl_cache *c, int n, char *err) {
 
 /* ---------------------------------------------------------------- scratch */
 
-typedef struct {
+struct fwd_scratch {
     int n;
     float *x, *xn, *q, *k, *v, *att, *tmp, *gate, *up;
     float *cos, *sin;        /* [n, head_dim] */
     int *pos;                /* [3][n] */
     int *vis_img, *vis_row;  /* per new token: its image and row, or -1 */
-} fwd_scratch;
+    /* MoE: router logits [n, E]; per (token, rank): expert, weight, and the
+     * slot of its row in the expert-sorted buffers xin [n*k, H], eg [n*k, Im]
+     * (the SwiGLU), eu [n*k, 2*Im] (up, or gate and up side by side when
+     * fused), ey [n*k, H] */
+    float *logits, *probs, *wt, *xin, *eg, *eu, *ey;
+    int *sel, *slot;
+};
 
 static void scratch_free(fwd_scratch *s) {
     free(s->x); free(s->xn); free(s->q); free(s->k); free(s->v); free(s->att); free(s->tmp);
     free(s->gate); free(s->up); free(s->cos); free(s->sin); free(s->pos); free(s->vis_img); free(s->vis_row);
+    free(s->logits); free(s->probs); free(s->wt); free(s->xin); free(s->eg); free(s->eu); free(s->ey);
+    free(s->sel); free(s->slot);
 }
 
 static int scratch_alloc(fwd_scratch *s, const qvl_text_config *tc, int n) {
@@ -116,45 +134,66 @@ static int scratch_alloc(fwd_scratch *s, const qvl_text_config *tc, int n) {
     s->pos = malloc(3 * N * sizeof(int));
     s->vis_img = malloc(N * sizeof(int));
     s->vis_row = malloc(N * sizeof(int));
-    if (s->x && s->xn && s->q && s->k && s->v && s->att && s->tmp && s->gate && s->up &&
-        s->cos && s->sin && s->pos && s->vis_img && s->vis_row) return 0;
+    int ok = s->x && s->xn && s->q && s->k && s->v && s->att && s->tmp && s->gate && s->up &&
+             s->cos && s->sin && s->pos && s->vis_img && s->vis_row;
+    if (ok && tc->num_experts > 0) {
+        size_t E = (size_t)tc->num_experts, NK = N * (size_t)tc->experts_per_tok, Im = (size_t)tc->moe_intermediate;
+        s->logits = malloc(N * E * sizeof(float));
+        s->probs = malloc(E * sizeof(float));
+        s->wt = malloc(NK * sizeof(float));
+        s->xin = malloc(NK * H * sizeof(float));
+        s->eg = malloc(NK * Im * sizeof(float));
+        s->eu = malloc(NK * 2 * Im * sizeof(float));
+        s->ey = malloc(NK * H * sizeof(float));
+        s->sel = malloc(NK * sizeof(int));
+        s->slot = malloc(NK * sizeof(int));
+        ok = s->logits && s->probs && s->wt && s->xin && s->eg && s->eu && s->ey && s->sel && s->slot;
+    }
+    if (ok) return 0;
     scratch_free(s);
     return -1;
 }
 
 /* ---------------------------------------------------------------- attention */
 
+/* The cache is head-major, [layer][kv head][ctx][head_dim]: one head's keys
+ * (or values) are one contiguous run, which decoding streams through. */
+static float *cache_head(const qvl_cache *c, float *base, int layer, int kvh) {
+    const qvl_text_config *tc = &c->m->cfg.text;
+    return base + (((size_t)layer * tc->kv_heads + (size_t)kvh) * (size_t)c->ctx) * (size_t)tc->head_dim;
+}
+
 typedef struct {
-    const qvl_text_config *tc;
+    const qvl_cache *c;
     const float *q;          /* [n, heads*hd] */
-    const float *kc, *vc;    /* this layer's cache [ctx][kvd] */
     float *out;              /* [n, heads*hd] */
-    int past, n, kvd;
+    int layer, past, n;
 } attn_job;
 
 #define QBLOCK 64     /* new tokens per sgemm attention block */
 
-/* Decoding, one new token: items are heads, a dot product per cached key. */
+/* Decoding, one new token: items are key/value heads, each with the query
+ * heads that share it, so every cached key and value is read once. */
 static void attention_one(void *p, int begin, int end) {
     attn_job *j = p;
-    const qvl_text_config *tc = j->tc;
+    const qvl_cache *c = j->c;
+    const qvl_text_config *tc = &c->m->cfg.text;
     int hd = tc->head_dim, group = tc->heads / tc->kv_heads;
-    float *scores = malloc(sizeof(float) * (size_t)(j->past + 1));
-    if (!scores) abort();
     float scale = 1.0f / sqrtf((float)hd);
-    for (int h = begin; h < end; h++) {
-        int kvh = h / group;
-        attend(j->out + (size_t)h * hd, j->q + (size_t)h * hd, j->kc + (size_t)kvh * hd,
-               j->vc + (size_t)kvh * hd, j->past + 1, j->kvd, hd, scale, scores);
+    for (int kvh = begin; kvh < end; kvh++) {
+        size_t off = (size_t)kvh * group * hd;
+        attend_group(j->out + off, j->q + off, group, cache_head(c, c->k, j->layer, kvh),
+                     cache_head(c, c->v, j->layer, kvh), j->past + 1, hd, hd, scale,
+                     c->scores + (size_t)kvh * group * c->ctx);
     }
-    free(scores);
 }
 
 /* Prefill: items are (block of QBLOCK new tokens, head) pairs, two sgemm each;
  * token i of the call sees cache rows 0 .. past+i. */
 static void attention_blocks(void *p, int begin, int end) {
     attn_job *j = p;
-    const qvl_text_config *tc = j->tc;
+    const qvl_cache *c = j->c;
+    const qvl_text_config *tc = &c->m->cfg.text;
     int hd = tc->head_dim, group = tc->heads / tc->kv_heads, qd = tc->heads * hd;
     float *scores = malloc(sizeof(float) * (size_t)QBLOCK * (size_t)(j->past + j->n));
     if (!scores) abort();
@@ -163,19 +202,16 @@ static void attention_blocks(void *p, int begin, int end) {
         int i0 = item / tc->heads * QBLOCK, h = item % tc->heads, kvh = h / group;
         int nq = j->n - i0 < QBLOCK ? j->n - i0 : QBLOCK;
         size_t off = (size_t)i0 * qd + (size_t)h * hd;
-        attend_block(j->out + off, qd, j->q + off, qd, j->kc + (size_t)kvh * hd, j->vc + (size_t)kvh * hd,
-                     j->kvd, nq, j->past + i0 + nq, hd, scale, j->past + i0, scores);
+        attend_block(j->out + off, qd, j->q + off, qd, cache_head(c, c->k, j->layer, kvh),
+                     cache_head(c, c->v, j->layer, kvh), hd, nq, j->past + i0 + nq, hd, scale, j->past + i0, scores);
     }
     free(scores);
 }
 
-static void self_attention(qvl_cache *c, const qvl_layer *L, int layer, fwd_scratch *s) {
-    const qvl_text_config *tc = &c->m->cfg.text;
-    int n = s->n, hd = tc->head_dim, kvd = c->kvd, qd = tc->heads * hd;
-    matmul(s->q, s->xn, &L->q, n);
-    matmul(s->k, s->xn, &L->k, n);
-    matmul(s->v, s->xn, &L->v, n);
-    for (int i = 0; i < n; i++) {
+/* q/k RMSNorm per head and mRoPE, for every new token. */
+static void norm_and_rotate(const qvl_text_config *tc, const qvl_layer *L, fwd_scratch *s) {
+    int hd = tc->head_dim, qd = tc->heads * hd, kvd = tc->kv_heads * hd;
+    for (int i = 0; i < s->n; i++) {
         const float *cs = s->cos + (size_t)i * hd, *sn = s->sin + (size_t)i * hd;
         for (int h = 0; h < tc->heads; h++) {
             float *q = s->q + (size_t)i * qd + (size_t)h * hd;
@@ -188,11 +224,23 @@ static void self_attention(qvl_cache *c, const qvl_layer *L, int layer, fwd_scra
             rope_rotate_half(k, cs, sn, hd);
         }
     }
-    float *kc = c->k + (size_t)layer * c->ctx * kvd, *vc = c->v + (size_t)layer * c->ctx * kvd;
-    memcpy(kc + (size_t)c->len * kvd, s->k, (size_t)n * kvd * sizeof(float));
-    memcpy(vc + (size_t)c->len * kvd, s->v, (size_t)n * kvd * sizeof(float));
-    attn_job job = { tc, s->q, kc, vc, s->att, c->len, n, kvd };
-    if (n == 1) parallel_for(tc->heads, attention_one, &job);
+}
+
+static void self_attention(qvl_cache *c, const qvl_layer *L, int layer, fwd_scratch *s) {
+    const qvl_text_config *tc = &c->m->cfg.text;
+    int n = s->n, hd = tc->head_dim, kvd = c->kvd;
+    qvl_product qkv[3] = { { s->q, s->xn, &L->q, n }, { s->k, s->xn, &L->k, n }, { s->v, s->xn, &L->v, n } };
+    matmul_batch(qkv, 3);
+    norm_and_rotate(tc, L, s);
+    for (int h = 0; h < tc->kv_heads; h++) {
+        float *kc = cache_head(c, c->k, layer, h), *vc = cache_head(c, c->v, layer, h);
+        for (int i = 0; i < n; i++) {
+            memcpy(kc + (size_t)(c->len + i) * hd, s->k + (size_t)i * kvd + (size_t)h * hd, (size_t)hd * sizeof(float));
+            memcpy(vc + (size_t)(c->len + i) * hd, s->v + (size_t)i * kvd + (size_t)h * hd, (size_t)hd * sizeof(float));
+        }
+    }
+    attn_job job = { c, s->q, s->att, layer, c->len, n };
+    if (n == 1) parallel_for(tc->kv_heads, attention_one, &job);
     else parallel_for((n + QBLOCK - 1) / QBLOCK * tc->heads, attention_blocks, &job);
     matmul(s->tmp, s->att, &L->o, n);
     add_inplace(s->x, s->tmp, n * tc->hidden);
@@ -200,16 +248,11 @@ static void self_attention(qvl_cache *c, const qvl_layer *L, int layer, fwd_scra
 
 /* ---------------------------------------------------------------- MLP */
 
-static void swiglu(float *gate, const float *up, int n) {
-    silu(gate, n);
-    for (int i = 0; i < n; i++) gate[i] *= up[i];
-}
-
 static void dense_mlp(const qvl_layer *L, fwd_scratch *s, int hidden) {
     int n = s->n, inter = L->gate.out;
-    matmul(s->gate, s->xn, &L->gate, n);
-    matmul(s->up, s->xn, &L->up, n);
-    swiglu(s->gate, s->up, n * inter);
+    qvl_product gate_up[2] = { { s->gate, s->xn, &L->gate, n }, { s->up, s->xn, &L->up, n } };
+    matmul_batch(gate_up, 2);
+    silu_mul(s->gate, s->up, n * inter);
     matmul(s->tmp, s->gate, &L->down, n);
     add_inplace(s->x, s->tmp, n * hidden);
 }
@@ -234,46 +277,87 @@ static void route(const float *logits, int E, int k, float *probs, int *sel, flo
     for (int r = 0; r < k; r++) wt[r] /= sum;
 }
 
-/* The sparse block: each expert runs once over the rows routed to it; each
- * row then sums its k expert outputs in rank order. */
+/* An expert's gate and up projections as one [2*Im, H] matrix, when they
+ * are the two halves of one stored tensor (the published fused gate_up_proj,
+ * in-major, or its resaved out-major form): one product then reads the
+ * expert's rows front to back instead of each half in a pass of its own. */
+static int fused_gate_up(const qvl_weight *g, const qvl_weight *u, qvl_weight *gu) {
+    if (g->dtype != u->dtype || g->in_major != u->in_major || g->ld != u->ld || g->in != u->in || g->out != u->out)
+        return 0;
+    size_t es = qvl_dtype_size(g->dtype);
+    size_t step = g->in_major ? (size_t)g->out * es : (size_t)g->out * (size_t)g->ld * es;
+    if ((const char *)u->data != (const char *)g->data + step) return 0;
+    if (g->in_major && g->ld < 2 * (int64_t)g->out) return 0;
+    *gu = *g;
+    gu->out = 2 * g->out;
+    return 1;
+}
+
+/* The sparse block: each expert runs once over the rows routed to it (only
+ * the routed experts' weights are read), all experts' gate/up products in one
+ * pass of the pool and their down products in another; each row then sums
+ * its k expert outputs in rank order. */
 static int moe_mlp(const qvl_layer *L, const qvl_text_config *tc, fwd_scratch *s, char *err) {
     int n = s->n, H = tc->hidden, E = tc->num_experts, k = tc->experts_per_tok, Im = tc->moe_intermediate;
-    float *logits = malloc(sizeof(float) * (size_t)n * E), *probs = malloc(sizeof(float) * (size_t)E);
-    int *sel = malloc(sizeof(int) * (size_t)n * k), *rows = malloc(sizeof(int) * (size_t)n * k);
-    float *wt = malloc(sizeof(float) * (size_t)n * k);
-    float *xin = malloc(sizeof(float) * (size_t)n * H), *yout = malloc(sizeof(float) * (size_t)n * H);
-    float *ys = malloc(sizeof(float) * (size_t)n * k * H);
+    int most = k * n < E ? k * n : E;     /* experts in use */
+    qvl_product *ps = malloc(sizeof(qvl_product) * 2 * (size_t)most);
+    qvl_weight *gu = malloc(sizeof(qvl_weight) * (size_t)most);
+    int *expert = malloc(sizeof(int) * (size_t)most), *first = malloc(sizeof(int) * (size_t)most);
+    int *fused = malloc(sizeof(int) * (size_t)most);
     int rc = -1;
-    if (!logits || !probs || !sel || !rows || !wt || !xin || !yout || !ys) {
-        qvl_seterr(err, "out of memory in the MoE block");
-        goto done;
-    }
-    matmul(logits, s->xn, &L->router, n);
-    for (int i = 0; i < n; i++) route(logits + (size_t)i * E, E, k, probs, sel + (size_t)i * k, wt + (size_t)i * k);
+    if (!ps || !gu || !expert || !first || !fused) { qvl_seterr(err, "out of memory in the MoE block"); goto done; }
+    matmul(s->logits, s->xn, &L->router, n);
+    for (int i = 0; i < n; i++)
+        route(s->logits + (size_t)i * E, E, k, s->probs, s->sel + (size_t)i * k, s->wt + (size_t)i * k);
+    /* Rows sorted by expert, tokens in order within one. */
+    int nx = 0, np = 0, used = 0;
     for (int e = 0; e < E; e++) {
-        int cnt = 0;
+        int start = used;
         for (int t = 0; t < n * k; t++)
-            if (sel[t] == e) rows[cnt++] = t;     /* t = token * k + rank */
+            if (s->sel[t] == e) {           /* t = token * k + rank */
+                s->slot[t] = used;
+                if (n > 1) memcpy(s->xin + (size_t)used * H, s->xn + (size_t)(t / k) * H, (size_t)H * sizeof(float));
+                used++;
+            }
+        int cnt = used - start;
         if (!cnt) continue;
-        for (int r = 0; r < cnt; r++)
-            memcpy(xin + (size_t)r * H, s->xn + (size_t)(rows[r] / k) * H, (size_t)H * sizeof(float));
-        matmul(s->gate, xin, &L->exp_gate[e], cnt);
-        matmul(s->up, xin, &L->exp_up[e], cnt);
-        swiglu(s->gate, s->up, cnt * Im);
-        matmul(yout, s->gate, &L->exp_down[e], cnt);
-        for (int r = 0; r < cnt; r++)
-            memcpy(ys + (size_t)rows[r] * H, yout + (size_t)r * H, (size_t)H * sizeof(float));
+        /* One token: every expert reads its row in place. */
+        const float *x = n > 1 ? s->xin + (size_t)start * H : s->xn;
+        expert[nx] = e;
+        first[nx] = start;
+        fused[nx] = fused_gate_up(&L->exp_gate[e], &L->exp_up[e], &gu[nx]);
+        if (fused[nx]) {
+            ps[np++] = (qvl_product){ s->eu + (size_t)start * 2 * Im, x, &gu[nx], cnt };
+        } else {
+            ps[np++] = (qvl_product){ s->eg + (size_t)start * Im, x, &L->exp_gate[e], cnt };
+            ps[np++] = (qvl_product){ s->eu + (size_t)start * Im, x, &L->exp_up[e], cnt };
+        }
+        nx++;
     }
+    matmul_batch(ps, np);
+    for (int i = 0; i < nx; i++) {
+        int cnt = (i + 1 < nx ? first[i + 1] : used) - first[i];
+        if (fused[i])
+            for (int r = first[i]; r < first[i] + cnt; r++) {
+                float *g = s->eu + (size_t)r * 2 * Im;
+                silu_mul(g, g + Im, Im);
+                memcpy(s->eg + (size_t)r * Im, g, (size_t)Im * sizeof(float));
+            }
+        else
+            silu_mul(s->eg + (size_t)first[i] * Im, s->eu + (size_t)first[i] * Im, cnt * Im);
+        ps[i] = (qvl_product){ s->ey + (size_t)first[i] * H, s->eg + (size_t)first[i] * Im, &L->exp_down[expert[i]], cnt };
+    }
+    matmul_batch(ps, nx);
     for (int i = 0; i < n; i++)
         for (int r = 0; r < k; r++) {
-            const float *y = ys + ((size_t)i * k + r) * H;
-            float w = wt[(size_t)i * k + r];
+            const float *y = s->ey + (size_t)s->slot[(size_t)i * k + r] * H;
+            float w = s->wt[(size_t)i * k + r];
             float *x = s->x + (size_t)i * H;
             for (int d = 0; d < H; d++) x[d] += w * y[d];
         }
     rc = 0;
 done:
-    free(logits); free(probs); free(sel); free(rows); free(wt); free(xin); free(yout); free(ys);
+    free(ps); free(gu); free(expert); free(first); free(fused);
     return rc;
 }
 
@@ -329,20 +413,31 @@ int decoder_forward(qvl_cache *c, const int *ids, int n, const qvl_image_input *
     const qvl_model *m = c->m;
     const qvl_text_config *tc = &m->cfg.text;
     int H = tc->hidden, hd = tc->head_dim;
-    fwd_scratch s;
     if (n < 1) { qvl_seterr(err, "decoder: no tokens to add"); return -1; }
-    if (scratch_alloc(&s, tc, n)) { qvl_seterr(err, "out of memory for %d new tokens", n); return -1; }
+    /* Decoding reuses one token's scratch; a prompt gets its own for the call. */
+    fwd_scratch big, *sp = &big;
+    if (n == 1 && !c->step) {
+        if (!(c->step = malloc(sizeof *c->step)) || scratch_alloc(c->step, tc, 1)) {
+            free(c->step);
+            c->step = NULL;
+            qvl_seterr(err, "out of memory for decoding");
+            return -1;
+        }
+    }
+    if (n == 1) sp = c->step;
+    else if (scratch_alloc(&big, tc, n)) { qvl_seterr(err, "out of memory for %d new tokens", n); return -1; }
+    fwd_scratch *const s = sp;
     int rc = -1;
-    if (prepare(c, ids, n, images, n_images, &s, err)) goto done;
+    if (prepare(c, ids, n, images, n_images, s, err)) goto done;
 
     for (int i = 0; i < n; i++) {
-        float *row = s.x + (size_t)i * H;
-        if (s.vis_img[i] >= 0)
-            memcpy(row, images[s.vis_img[i]].embeds + (size_t)s.vis_row[i] * H, (size_t)H * sizeof(float));
+        float *row = s->x + (size_t)i * H;
+        if (s->vis_img[i] >= 0)
+            memcpy(row, images[s->vis_img[i]].embeds + (size_t)s->vis_row[i] * H, (size_t)H * sizeof(float));
         else
             weight_row_f32(&m->text.embed, ids[i], row);
-        mrope_cos_sin(&c->rope, s.pos[i], s.pos[n + i], s.pos[2 * n + i],
-                      s.cos + (size_t)i * hd, s.sin + (size_t)i * hd);
+        mrope_cos_sin(&c->rope, s->pos[i], s->pos[n + i], s->pos[2 * n + i],
+                      s->cos + (size_t)i * hd, s->sin + (size_t)i * hd);
     }
 
     char name[64];
@@ -350,28 +445,28 @@ int decoder_forward(qvl_cache *c, const int *ids, int n, const qvl_image_input *
     for (int l = 0; l < tc->layers; l++) {
         const qvl_layer *L = &m->text.layers[l];
         for (int i = 0; i < n; i++)
-            rmsnorm(s.xn + (size_t)i * H, s.x + (size_t)i * H, L->attn_norm, H, tc->rms_eps);
-        self_attention(c, L, l, &s);
+            rmsnorm(s->xn + (size_t)i * H, s->x + (size_t)i * H, L->attn_norm, H, tc->rms_eps);
+        self_attention(c, L, l, s);
         for (int i = 0; i < n; i++)
-            rmsnorm(s.xn + (size_t)i * H, s.x + (size_t)i * H, L->mlp_norm, H, tc->rms_eps);
-        if (L->sparse) { if (moe_mlp(L, tc, &s, err)) goto done; }
-        else dense_mlp(L, &s, H);
+            rmsnorm(s->xn + (size_t)i * H, s->x + (size_t)i * H, L->mlp_norm, H, tc->rms_eps);
+        if (L->sparse) { if (moe_mlp(L, tc, s, err)) goto done; }
+        else dense_mlp(L, s, H);
         snprintf(name, sizeof name, "layer_out.%d", l);
-        probe_emit(probe, name, s.x, n, H);
+        probe_emit(probe, name, s->x, n, H);
         if (l < n_deep)
             for (int i = 0; i < n; i++)
-                if (s.vis_img[i] >= 0)
-                    add_inplace(s.x + (size_t)i * H,
-                                images[s.vis_img[i]].deepstack[l] + (size_t)s.vis_row[i] * H, H);
+                if (s->vis_img[i] >= 0)
+                    add_inplace(s->x + (size_t)i * H,
+                                images[s->vis_img[i]].deepstack[l] + (size_t)s->vis_row[i] * H, H);
     }
-    probe_emit(probe, "final_norm_in", s.x, n, H);
+    probe_emit(probe, "final_norm_in", s->x, n, H);
     for (int i = 0; i < n; i++)
-        rmsnorm(s.xn + (size_t)i * H, s.x + (size_t)i * H, m->text.final_norm, H, tc->rms_eps);
-    probe_emit(probe, "final_norm_out", s.xn, n, H);
+        rmsnorm(s->xn + (size_t)i * H, s->x + (size_t)i * H, m->text.final_norm, H, tc->rms_eps);
+    probe_emit(probe, "final_norm_out", s->xn, n, H);
     if (logits) {
         int V = m->text.lm_head.out;
-        if (all_logits) matmul(logits, s.xn, &m->text.lm_head, n);
-        else matmul(logits, s.xn + (size_t)(n - 1) * H, &m->text.lm_head, 1);
+        if (all_logits) matmul(logits, s->xn, &m->text.lm_head, n);
+        else matmul(logits, s->xn + (size_t)(n - 1) * H, &m->text.lm_head, 1);
         probe_emit(probe, "logits_last", all_logits ? logits + (size_t)(n - 1) * V : logits, 1, V);
     }
 
@@ -380,16 +475,16 @@ int decoder_forward(qvl_cache *c, const int *ids, int n, const qvl_image_input *
      * truncation inside a turn restores exactly what came before. */
     int run = cache_next_pos(c);
     for (int i = 0; i < n; i++) {
-        int p = s.pos[i];
-        if (s.pos[n + i] > p) p = s.pos[n + i];
-        if (s.pos[2 * n + i] > p) p = s.pos[2 * n + i];
+        int p = s->pos[i];
+        if (s->pos[n + i] > p) p = s->pos[n + i];
+        if (s->pos[2 * n + i] > p) p = s->pos[2 * n + i];
         if (p + 1 > run) run = p + 1;
         c->next_after[c->len + i] = run;
     }
     c->len += n;
     rc = 0;
 done:
-    scratch_free(&s);
+    if (sp == &big) scratch_free(&big);
     return rc;
 }
 

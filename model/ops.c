@@ -1,27 +1,30 @@
-/* ops.c - matmul over stored-dtype weights, norms, activations, rotary.
+/* ops.c - matmul over stored-dtype weights, norms, activations, attention.
  *
  * matmul has two paths.  Decoding multiplies one row by every weight matrix, a
- * pass that is bound by memory bandwidth: there a dot-product kernel reads the
- * weight in its stored dtype (bf16/f16/f32) and widens it in registers, so the
- * bytes read are the bytes stored.  Prefill and the vision encoder multiply
- * many rows: there the work is compute bound, so the weight is widened to
- * float one tile of GEMM_TILE outputs at a time (a small per-thread buffer, never a
- * float copy of the model) and handed to OpenBLAS sgemm, single-threaded,
- * while our pool runs the tiles in parallel.  Tiles have a fixed size, so each
- * output comes from the same sgemm call whatever the thread count.
+ * pass bound by memory bandwidth: there a dot-product kernel reads the weight
+ * in its stored dtype (bf16/f16/f32) and widens it in registers, so the bytes
+ * read are the bytes stored, each thread streaming its own contiguous share
+ * of the rows.  Prefill and the vision encoder multiply many rows: there the
+ * work is compute bound, so the weight is widened to float one tile of
+ * GEMM_TILE outputs at a time (a per-thread buffer, never a float copy of the
+ * model) and handed to OpenBLAS sgemm, single-threaded, while our pool runs
+ * the tiles in parallel; each tile is widened once and serves every row.
+ * Tiles have a fixed size, so each output comes from the same sgemm call
+ * whatever the thread count.  matmul_batch runs several products (q/k/v,
+ * gate/up, the routed experts) in a single pass of the pool.
  *
- * The vector kernels exist twice: AVX2+FMA (+F16C) chosen at run time with
- * __builtin_cpu_supports, and portable C. */
+ * The innermost loops live in kernel tables (kernels.h): AVX-512, AVX2 or
+ * portable C, the best the CPU has picked at run time. */
 #include "ops.h"
 
 #include <cblas.h>
-#include <immintrin.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
+#include "kernels.h"
 #include "threadpool.h"
 #include "quant.h"
 
@@ -29,26 +32,40 @@
  * smaller ones spread small matrices over more threads.  Fixed, so results
  * never depend on the thread count. */
 #define GEMM_TILE 128
-#define COL_TILE 64     /* outputs per in-major matrix-vector task */
+#define VEC_UNIT 16       /* outputs per work item of a matrix-vector product */
+#define XP_STACK 16384    /* prepared-x floats kept on the stack */
+#define MAX_BATCH 32      /* products per pass of the pool */
 
 void openblas_set_num_threads(int num_threads);   /* OpenBLAS extension */
 
 /* ---------------------------------------------------------------- CPU dispatch */
 
-static int use_avx2 = -1;       /* -1: not yet probed */
-static int portable_forced;
+static const ops_kernels *best, *forced;
 
-static int have_avx2(void) {
-    if (use_avx2 < 0) {
-        __builtin_cpu_init();
-        use_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                   __builtin_cpu_supports("f16c");
+static const ops_kernels *kernels(void) {
+    if (forced) return forced;
+    if (!best) {
+        const ops_kernels *k = kernels_avx512();
+        if (!k) k = kernels_avx2();
+        if (!k) k = kernels_portable();
+        best = k;
     }
-    return use_avx2 && !portable_forced;
+    return best;
 }
 
-const char *ops_kernel_name(void) { return have_avx2() ? "avx2" : "portable"; }
-void ops_force_portable(int on) { portable_forced = on; }
+const char *ops_kernel_name(void) { return kernels()->name; }
+
+int ops_force_kernel(const char *name) {
+    if (!name) { forced = NULL; return 0; }
+    const ops_kernels *k = !strcmp(name, "avx512") ? kernels_avx512()
+                         : !strcmp(name, "avx2") ? kernels_avx2()
+                         : !strcmp(name, "portable") ? kernels_portable() : NULL;
+    if (!k) return -1;
+    forced = k;
+    return 0;
+}
+
+void ops_force_portable(int on) { ops_force_kernel(on ? "portable" : NULL); }
 
 const char *ops_openblas_coretype(void) {
     __builtin_cpu_init();
@@ -61,225 +78,275 @@ const char *ops_openblas_coretype(void) {
 static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
 static void blas_single_threaded(void) { openblas_set_num_threads(1); }
 
-/* ---------------------------------------------------------------- widening */
+static int is_float_dtype(qvl_dtype t) { return t == QVL_F32 || t == QVL_F16 || t == QVL_BF16; }
 
-static void widen_portable(float *dst, const void *src, qvl_dtype t, int n) {
-    if (t == QVL_F32) { memcpy(dst, src, (size_t)n * sizeof(float)); return; }
-    const uint16_t *h = src;
-    if (t == QVL_BF16) for (int i = 0; i < n; i++) dst[i] = qvl_bf16_to_f32(h[i]);
-    else for (int i = 0; i < n; i++) dst[i] = qvl_f16_to_f32(h[i]);
-}
+/* ---------------------------------------------------------------- products */
 
-__attribute__((target("avx2,fma,f16c")))
-static void widen_avx2(float *dst, const void *src, qvl_dtype t, int n) {
-    const uint16_t *h = src;
-    int i = 0;
-    if (t == QVL_BF16) {
-        for (; i + 8 <= n; i += 8) {
-            __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(h + i)));
-            _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(u, 16)));
-        }
-        for (; i < n; i++) dst[i] = qvl_bf16_to_f32(h[i]);
-    } else if (t == QVL_F16) {
-        for (; i + 8 <= n; i += 8)
-            _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
-        for (; i < n; i++) dst[i] = qvl_f16_to_f32(h[i]);
-    } else {
-        memcpy(dst, src, (size_t)n * sizeof(float));
-    }
-}
-
-/* n consecutive stored values starting at element `at` of a weight, as float. */
-static void widen(float *dst, const qvl_weight *w, int64_t at, int n, int avx2) {
-    const char *src = (const char *)w->data + at * (int64_t)qvl_dtype_size(w->dtype);
-    if (avx2) widen_avx2(dst, src, w->dtype, n);
-    else widen_portable(dst, src, w->dtype, n);
-}
-
-/* ---------------------------------------------------------------- vector kernels */
-
-/* dot(x, row) over n stored values; four partial sums combined in a fixed order. */
-static float dot_portable(const void *row, qvl_dtype t, const float *x, int n) {
-    float s[4] = {0, 0, 0, 0};
-    int i = 0;
-    if (t == QVL_F32) {
-        const float *r = row;
-        for (; i + 4 <= n; i += 4)
-            for (int j = 0; j < 4; j++) s[j] += r[i + j] * x[i + j];
-        for (; i < n; i++) s[0] += r[i] * x[i];
-    } else {
-        const uint16_t *r = row;
-        int bf = t == QVL_BF16;
-        for (; i + 4 <= n; i += 4)
-            for (int j = 0; j < 4; j++)
-                s[j] += (bf ? qvl_bf16_to_f32(r[i + j]) : qvl_f16_to_f32(r[i + j])) * x[i + j];
-        for (; i < n; i++) s[0] += (bf ? qvl_bf16_to_f32(r[i]) : qvl_f16_to_f32(r[i])) * x[i];
-    }
-    return (s[0] + s[1]) + (s[2] + s[3]);
-}
-
-__attribute__((target("avx2,fma,f16c")))
-static inline __m256 load8_avx2(const void *row, qvl_dtype t, int i) {
-    if (t == QVL_F32) return _mm256_loadu_ps((const float *)row + i);
-    const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)row + i));
-    if (t == QVL_F16) return _mm256_cvtph_ps(h);
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-
-__attribute__((target("avx2,fma,f16c")))
-static inline float hsum_avx2(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    return _mm_cvtss_f32(s);
-}
-
-__attribute__((target("avx2,fma,f16c")))
-static float dot_avx2(const void *row, qvl_dtype t, const float *x, int n) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int i = 0;
-    for (; i + 32 <= n; i += 32) {
-        a0 = _mm256_fmadd_ps(load8_avx2(row, t, i), _mm256_loadu_ps(x + i), a0);
-        a1 = _mm256_fmadd_ps(load8_avx2(row, t, i + 8), _mm256_loadu_ps(x + i + 8), a1);
-        a2 = _mm256_fmadd_ps(load8_avx2(row, t, i + 16), _mm256_loadu_ps(x + i + 16), a2);
-        a3 = _mm256_fmadd_ps(load8_avx2(row, t, i + 24), _mm256_loadu_ps(x + i + 24), a3);
-    }
-    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load8_avx2(row, t, i), _mm256_loadu_ps(x + i), a0);
-    float s = hsum_avx2(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    for (; i < n; i++) {
-        float wv = t == QVL_F32 ? ((const float *)row)[i]
-                 : t == QVL_BF16 ? qvl_bf16_to_f32(((const uint16_t *)row)[i])
-                 : qvl_f16_to_f32(((const uint16_t *)row)[i]);
-        s += wv * x[i];
-    }
-    return s;
-}
-
-/* y[0..n) += a * row[0..n) */
-static void axpy_portable(float *y, float a, const void *row, qvl_dtype t, int n) {
-    if (t == QVL_F32) { const float *r = row; for (int i = 0; i < n; i++) y[i] += a * r[i]; }
-    else if (t == QVL_BF16) { const uint16_t *r = row; for (int i = 0; i < n; i++) y[i] += a * qvl_bf16_to_f32(r[i]); }
-    else { const uint16_t *r = row; for (int i = 0; i < n; i++) y[i] += a * qvl_f16_to_f32(r[i]); }
-}
-
-__attribute__((target("avx2,fma,f16c")))
-static void axpy_avx2(float *y, float a, const void *row, qvl_dtype t, int n) {
-    __m256 va = _mm256_set1_ps(a);
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, load8_avx2(row, t, i), _mm256_loadu_ps(y + i)));
-    if (i < n) axpy_portable(y + i, a, (const char *)row + (size_t)i * qvl_dtype_size(t), t, n - i);
-}
-
-/* ---------------------------------------------------------------- matrix-vector */
-
+/* One product of a batch; work items ("units": VEC_UNIT outputs of a
+ * matrix-vector product, GEMM_TILE of a matrix-matrix one) are numbered
+ * across the batch in order. */
 typedef struct {
     float *y;
-    const float *x;
+    const float *x;          /* [n, in] */
+    const float *xp;         /* n == 1, out-major: x prepared by the kernels */
+    float *ap;               /* n > 1 with the kernels' gemm: x packed (pack_a) */
     const qvl_weight *w;
-    int avx2;
-} matvec_job;
-
-/* Out-major: one dot product per output row. */
-static void matvec_rows(void *p, int begin, int end) {
-    matvec_job *j = p;
-    const qvl_weight *w = j->w;
-    size_t es = qvl_dtype_size(w->dtype);
-    for (int o = begin; o < end; o++) {
-        const void *row = (const char *)w->data + (size_t)o * (size_t)w->ld * es;
-        j->y[o] = j->avx2 ? dot_avx2(row, w->dtype, j->x, w->in) : dot_portable(row, w->dtype, j->x, w->in);
-    }
-}
-
-/* In-major: each task owns COL_TILE outputs and sweeps every input row over them. */
-static void matvec_cols(void *p, int begin, int end) {
-    matvec_job *j = p;
-    const qvl_weight *w = j->w;
-    size_t es = qvl_dtype_size(w->dtype);
-    for (int tile = begin; tile < end; tile++) {
-        int o0 = tile * COL_TILE, cnt = w->out - o0 < COL_TILE ? w->out - o0 : COL_TILE;
-        float *y = j->y + o0;
-        memset(y, 0, (size_t)cnt * sizeof(float));
-        for (int i = 0; i < w->in; i++) {
-            const void *row = (const char *)w->data + ((size_t)i * (size_t)w->ld + (size_t)o0) * es;
-            if (j->avx2) axpy_avx2(y, j->x[i], row, w->dtype, cnt);
-            else axpy_portable(y, j->x[i], row, w->dtype, cnt);
-        }
-    }
-}
-
-static void matvec(float *y, const float *x, const qvl_weight *w) {
-    matvec_job j = { y, x, w, have_avx2() };
-    if (w->in_major) parallel_for((w->out + COL_TILE - 1) / COL_TILE, matvec_cols, &j);
-    else parallel_for(w->out, matvec_rows, &j);
-}
-
-/* ---------------------------------------------------------------- matrix-matrix */
+    int n, us, units, first;
+} part;
 
 typedef struct {
-    float *y;
-    const float *x;
-    const qvl_weight *w;
-    int n;
-    int avx2;
-} gemm_job;
+    part parts[MAX_BATCH];
+    int nparts;
+    const ops_kernels *k;
+} product_job;
 
-/* Tiles [begin, end): widen GEMM_TILE outputs' weights, then one sgemm per tile. */
-static void gemm_tiles(void *p, int begin, int end) {
-    gemm_job *j = p;
-    const qvl_weight *w = j->w;
+/* Matrix-vector, outputs [o0, o1) of one weight. */
+static void matvec_range(const ops_kernels *k, const part *p, int o0, int o1) {
+    const qvl_weight *w = p->w;
+    size_t es = qvl_dtype_size(w->dtype);
+    if (w->in_major)
+        k->axpy_rows(p->y + o0, p->x, (const char *)w->data + (size_t)o0 * es, w->dtype, w->ld, w->in, o1 - o0);
+    else
+        k->dot_rows(p->y + o0, (const char *)w->data + (size_t)o0 * (size_t)w->ld * es, w->dtype, w->ld,
+                    o1 - o0, p->xp, w->in);
+}
+
+/* Matrix-matrix, one tile of outputs [o0, o0 + cnt) of one weight: widened
+ * into buf (unless stored as float) and multiplied by every row of x. */
+static void gemm_tile(const ops_kernels *k, const part *p, int o0, int cnt, float *buf) {
+    const qvl_weight *w = p->w;
     int in = w->in, out = w->out;
-    int direct = w->dtype == QVL_F32;        /* float weights are used in place */
-    float *buf = direct ? NULL : malloc((size_t)GEMM_TILE * (size_t)in * sizeof(float));
-    if (!direct && !buf) abort();            /* a few hundred KB; nothing sane to do */
-    for (int tile = begin; tile < end; tile++) {
-        int o0 = tile * GEMM_TILE, cnt = out - o0 < GEMM_TILE ? out - o0 : GEMM_TILE;
-        float *y = j->y + o0;
-        if (!w->in_major) {
-            const float *b;
-            int ldb;
-            if (direct) { b = (const float *)w->data + (size_t)o0 * (size_t)w->ld; ldb = (int)w->ld; }
-            else {
-                for (int o = 0; o < cnt; o++) widen(buf + (size_t)o * in, w, (int64_t)(o0 + o) * w->ld, in, j->avx2);
-                b = buf; ldb = in;
+    size_t es = qvl_dtype_size(w->dtype);
+    const float *b;
+    int ldb;
+    if (!w->in_major) {
+        if (w->dtype == QVL_F32) { b = (const float *)w->data + (size_t)o0 * (size_t)w->ld; ldb = (int)w->ld; }
+        else {
+            for (int o = 0; o < cnt; o++)
+                k->widen(buf + (size_t)o * in, (const char *)w->data + (size_t)(o0 + o) * (size_t)w->ld * es,
+                         w->dtype, in);
+            b = buf; ldb = in;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, p->n, cnt, in,
+                    1.0f, p->x, in, b, ldb, 0.0f, p->y + o0, out);
+    } else {
+        if (w->dtype == QVL_F32) { b = (const float *)w->data + o0; ldb = (int)w->ld; }
+        else {
+            for (int i = 0; i < in; i++)
+                k->widen(buf + (size_t)i * cnt, (const char *)w->data + ((size_t)i * (size_t)w->ld + (size_t)o0) * es,
+                         w->dtype, cnt);
+            b = buf; ldb = cnt;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, p->n, cnt, in,
+                    1.0f, p->x, in, b, ldb, 0.0f, p->y + o0, out);
+    }
+}
+
+/* ---- the kernels' own matrix-matrix product (when the table has one)
+ *
+ * BLIS-style: x is packed once per product into row groups of gemm_mr
+ * (pack_a), each tile's weights are widened and packed per block of GEMM_KC
+ * inputs into panels of gemm_nr outputs (the table's pack_b), and the
+ * register kernel walks the row groups of one block of GEMM_MC rows (kept in
+ * L2) for each panel (kept in L1).  Every output is one FMA chain over the
+ * inputs in order, so a row's result depends neither on the thread count nor
+ * on how many rows are multiplied together. */
+
+#define GEMM_KC 256
+#define GEMM_MC 384
+
+static int padded_rows(const ops_kernels *k, int n) { return (n + k->gemm_mr - 1) / k->gemm_mr * k->gemm_mr; }
+
+/* Row groups [g0, g1) of x [n, in] into ap: per block of GEMM_KC inputs (at
+ * pc * padded rows), group g at g * mr * kcb, laid out [k][mr], zero past n. */
+static void pack_a(float *ap, const float *x, int n, int in, int mr, int g0, int g1) {
+    int mpad = (n + mr - 1) / mr * mr;
+    for (int pc = 0; pc < in; pc += GEMM_KC) {
+        int kcb = in - pc < GEMM_KC ? in - pc : GEMM_KC;
+        for (int g = g0; g < g1; g++) {
+            float *dst = ap + (size_t)pc * mpad + (size_t)g * mr * kcb;
+            for (int m = 0; m < mr; m++) {
+                int row = g * mr + m;
+                if (row < n) {
+                    const float *src = x + (size_t)row * in + pc;
+                    for (int k = 0; k < kcb; k++) dst[(size_t)k * mr + m] = src[k];
+                } else {
+                    for (int k = 0; k < kcb; k++) dst[(size_t)k * mr + m] = 0.0f;
+                }
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->n, cnt, in,
-                        1.0f, j->x, in, b, ldb, 0.0f, y, out);
-        } else {
-            const float *b;
-            int ldb;
-            if (direct) { b = (const float *)w->data + o0; ldb = (int)w->ld; }
-            else {
-                for (int i = 0; i < in; i++) widen(buf + (size_t)i * cnt, w, (int64_t)i * w->ld + o0, cnt, j->avx2);
-                b = buf; ldb = cnt;
+        }
+    }
+}
+
+typedef struct {
+    part *parts[MAX_BATCH];     /* the parts that own a packing */
+    int groups[MAX_BATCH];      /* their row groups */
+    int count, total;
+    const ops_kernels *k;
+} pack_job;
+
+static void pack_units(void *arg, int begin, int end) {
+    pack_job *j = arg;
+    for (int i = 0, first = 0; i < j->count; first += j->groups[i], i++) {
+        int lo = begin > first ? begin - first : 0, hi = end - first < j->groups[i] ? end - first : j->groups[i];
+        if (lo < hi) pack_a(j->parts[i]->ap, j->parts[i]->x, j->parts[i]->n, j->parts[i]->w->in, j->k->gemm_mr, lo, hi);
+    }
+}
+
+/* One tile of outputs [o0, o0 + cnt) over every row; bt: GEMM_TILE * GEMM_KC floats. */
+static void own_gemm_tile(const ops_kernels *k, const part *p, int o0, int cnt, float *bt) {
+    const qvl_weight *w = p->w;
+    int in = w->in, out = w->out, n = p->n, mr = k->gemm_mr, nr = k->gemm_nr;
+    int mpad = padded_rows(k, n), panels = (cnt + nr - 1) / nr;
+    size_t es = qvl_dtype_size(w->dtype);
+    for (int pc = 0; pc < in; pc += GEMM_KC) {
+        int kcb = in - pc < GEMM_KC ? in - pc : GEMM_KC;
+        for (int q = 0; q < panels; q++) {
+            int o = o0 + q * nr, c = cnt - q * nr < nr ? cnt - q * nr : nr;
+            size_t at = w->in_major ? (size_t)pc * (size_t)w->ld + (size_t)o : (size_t)o * (size_t)w->ld + (size_t)pc;
+            k->gemm_pack_b(bt + (size_t)q * kcb * nr, (const char *)w->data + at * es, w->dtype, w->ld, w->in_major, c, kcb);
+        }
+        const float *ablock = p->ap + (size_t)pc * mpad;
+        for (int ic = 0; ic < mpad; ic += GEMM_MC) {
+            int iend = ic + GEMM_MC < mpad ? ic + GEMM_MC : mpad;
+            for (int q = 0; q < panels; q++) {
+                int c = cnt - q * nr < nr ? cnt - q * nr : nr;
+                for (int ir = ic; ir < iend; ir += mr)
+                    k->gemm_kernel(kcb, ablock + (size_t)ir * kcb, bt + (size_t)q * kcb * nr,
+                                   p->y + (size_t)ir * out + o0 + q * nr, out, pc > 0, n - ir < mr ? n - ir : mr, c);
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, j->n, cnt, in,
-                        1.0f, j->x, in, b, ldb, 0.0f, y, out);
+        }
+    }
+}
+
+static void product_units(void *arg, int begin, int end) {
+    product_job *j = arg;
+    float *buf = NULL;
+    size_t cap = 0;
+    for (int pi = 0; pi < j->nparts; pi++) {
+        const part *p = &j->parts[pi];
+        int lo = begin > p->first ? begin - p->first : 0;
+        int hi = end - p->first < p->units ? end - p->first : p->units;
+        if (lo >= hi) continue;
+        int out = p->w->out, us = p->us;
+        if (p->n == 1) {      /* one call over the whole range keeps the rows streaming */
+            matvec_range(j->k, p, lo * us, hi * us < out ? hi * us : out);
+            continue;
+        }
+        size_t need = j->k->gemm_mr ? (size_t)us * GEMM_KC
+                    : p->w->dtype == QVL_F32 ? 0 : (size_t)us * (size_t)p->w->in;
+        if (need > cap) {
+            free(buf);
+            buf = malloc(need * sizeof(float));
+            if (!buf) abort();           /* a few MB; nothing sane to do */
+            cap = need;
+        }
+        for (int u = lo; u < hi; u++) {
+            int cnt = out - u * us < us ? out - u * us : us;
+            if (j->k->gemm_mr) own_gemm_tile(j->k, p, u * us, cnt, buf);
+            else gemm_tile(j->k, p, u * us, cnt, buf);
         }
     }
     free(buf);
 }
 
+/* Up to MAX_BATCH products of float-stored weights in one parallel_for. */
+static void run_batch(const qvl_product *ps, int count) {
+    product_job j = { .nparts = 0, .k = kernels() };
+    int total = 0, gemm = 0;
+    size_t prep = 0;
+    for (int i = 0; i < count; i++) {
+        const qvl_product *q = &ps[i];
+        const qvl_weight *w = q->w;
+        if (q->n <= 0 || w->out <= 0) continue;
+        if (w->in <= 0) { memset(q->y, 0, (size_t)q->n * (size_t)w->out * sizeof(float)); continue; }
+        part *p = &j.parts[j.nparts++];
+        *p = (part){ q->y, q->x, NULL, NULL, w, q->n, q->n == 1 ? VEC_UNIT : GEMM_TILE, 0, total };
+        p->units = (w->out + p->us - 1) / p->us;
+        total += p->units;
+        gemm |= q->n > 1;
+        if (q->n == 1 && !w->in_major) prep += j.k->prep_size(w->in);
+    }
+    if (!total) return;
+    /* Matrix-vector products read x in the kernels' layout, prepared once per
+     * distinct (x, dtype, size): q/k/v and gate/up share theirs. */
+    float stack[XP_STACK], *heap = NULL, *xp = stack;
+    if (prep > XP_STACK && !(xp = heap = malloc(prep * sizeof(float)))) abort();
+    for (int i = 0; i < j.nparts; i++) {
+        part *p = &j.parts[i];
+        if (p->n != 1 || p->w->in_major) continue;
+        for (int e = 0; e < i && !p->xp; e++) {
+            const part *o = &j.parts[e];
+            if (o->xp && o->x == p->x && o->w->dtype == p->w->dtype && o->w->in == p->w->in) p->xp = o->xp;
+        }
+        if (p->xp) continue;
+        j.k->prep_x(xp, p->x, p->w->in, p->w->dtype);
+        p->xp = xp;
+        xp += j.k->prep_size(p->w->in);
+    }
+    float *packed = NULL;
+    if (gemm && j.k->gemm_mr) {
+        /* x packed once per distinct input (q/k/v share it), in parallel. */
+        pack_job pj = { .count = 0, .total = 0, .k = j.k };
+        size_t size = 0;
+        for (int i = 0; i < j.nparts; i++) {
+            part *p = &j.parts[i];
+            if (p->n == 1) continue;
+            for (int e = 0; e < i && !p->ap; e++)
+                if (j.parts[e].ap && j.parts[e].x == p->x && j.parts[e].n == p->n && j.parts[e].w->in == p->w->in)
+                    p->ap = j.parts[e].ap;
+            if (!p->ap) size += (size_t)padded_rows(j.k, p->n) * (size_t)p->w->in;
+        }
+        if (size && !(packed = malloc(size * sizeof(float)))) abort();
+        float *at = packed;
+        for (int i = 0; i < j.nparts; i++) {
+            part *p = &j.parts[i];
+            if (p->n == 1 || p->ap) continue;
+            p->ap = at;
+            at += (size_t)padded_rows(j.k, p->n) * (size_t)p->w->in;
+            pj.parts[pj.count] = p;
+            pj.groups[pj.count++] = padded_rows(j.k, p->n) / j.k->gemm_mr;
+        }
+        for (int i = 0; i < pj.count; i++) pj.total += pj.groups[i];
+        parallel_for(pj.total, pack_units, &pj);
+    } else if (gemm) {
+        pthread_once(&blas_once, blas_single_threaded);   /* before any worker calls sgemm */
+    }
+    parallel_for(total, product_units, &j);
+    free(packed);
+    free(heap);
+}
+
 void matmul(float *y, const float *x, const qvl_weight *w, int n) {
     if (w->dtype == QVL_Q8 || w->dtype == QVL_Q4) { quant_matmul(y, x, w, n); return; }
     if (n <= 0 || w->out <= 0) return;
-    if (w->in <= 0) { memset(y, 0, (size_t)n * (size_t)w->out * sizeof(float)); return; }
-    if (n == 1) { matvec(y, x, w); return; }
-    pthread_once(&blas_once, blas_single_threaded);   /* before any worker calls sgemm */
-    gemm_job j = { y, x, w, n, have_avx2() };
-    parallel_for((w->out + GEMM_TILE - 1) / GEMM_TILE, gemm_tiles, &j);
+    qvl_product p = { y, x, w, n };
+    run_batch(&p, 1);
+}
+
+void matmul_batch(const qvl_product *ps, int count) {
+    while (count > 0) {
+        int take = 0;
+        while (take < count && take < MAX_BATCH && is_float_dtype(ps[take].w->dtype)) take++;
+        if (!take) {              /* a quantized weight goes through matmul */
+            matmul(ps[0].y, ps[0].x, ps[0].w, ps[0].n);
+            take = 1;
+        } else {
+            run_batch(ps, take);
+        }
+        ps += take;
+        count -= take;
+    }
 }
 
 /* ---------------------------------------------------------------- elementwise */
 
 void add_bias(float *y, const float *b, int n, int cols) {
-    for (int r = 0; r < n; r++)
-        for (int c = 0; c < cols; c++) y[(size_t)r * cols + c] += b[c];
+    const ops_kernels *k = kernels();
+    for (int r = 0; r < n; r++) k->add(y + (size_t)r * cols, b, cols);
 }
 
-void add_inplace(float *y, const float *x, int n) {
-    for (int i = 0; i < n; i++) y[i] += x[i];
-}
+void add_inplace(float *y, const float *x, int n) { kernels()->add(y, x, n); }
 
 /* The reductions are summed in double: cheap at these sizes, and it keeps us
  * at the exact value rather than at one particular float rounding of it. */
@@ -300,27 +367,17 @@ void layernorm(float *y, const float *x, const float *w, const float *b, int dim
     for (int i = 0; i < dim; i++) y[i] = (x[i] - m) * inv * w[i] + b[i];
 }
 
-void softmax(float *x, int n) {
+static void softmax_with(const ops_kernels *k, float *x, int n) {
     if (n <= 0) return;
-    float max = x[0];
-    for (int i = 1; i < n; i++) if (x[i] > max) max = x[i];
-    double sum = 0;
-    for (int i = 0; i < n; i++) { x[i] = expf(x[i] - max); sum += x[i]; }
-    float inv = (float)(1.0 / sum);
-    for (int i = 0; i < n; i++) x[i] *= inv;
+    float sum = k->exp_sum(x, n, k->max(x, n));
+    k->scale(x, n, 1.0f / sum);
 }
 
-void silu(float *x, int n) {
-    for (int i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-x[i]));
-}
+void softmax(float *x, int n) { softmax_with(kernels(), x, n); }
 
-void gelu_tanh(float *x, int n) {
-    const float k = 0.7978845608028654f;   /* sqrt(2/pi) */
-    for (int i = 0; i < n; i++) {
-        float v = x[i];
-        x[i] = 0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * v * v * v)));
-    }
-}
+void silu(float *x, int n) { kernels()->silu(x, n); }
+void silu_mul(float *g, const float *u, int n) { kernels()->silu_mul(g, u, n); }
+void gelu_tanh(float *x, int n) { kernels()->gelu_tanh(x, n); }
 
 void gelu_erf(float *x, int n) {
     for (int i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.7071067811865476f));
@@ -335,32 +392,31 @@ void rope_rotate_half(float *x, const float *cos, const float *sin, int dim) {
     }
 }
 
+/* ---------------------------------------------------------------- attention */
+
+void attend_group(float *out, const float *q, int group, const float *k, const float *v, int n, int stride,
+                  int dim, float scale, float *scores) {
+    const ops_kernels *kt = kernels();
+    kt->attn_scores(scores, n, q, group, k, n, stride, dim, scale);
+    for (int g = 0; g < group; g++) softmax_with(kt, scores + (size_t)g * n, n);
+    kt->attn_values(out, scores, n, group, v, n, stride, dim);
+}
+
 void attend(float *out, const float *q, const float *k, const float *v, int n, int stride,
             int dim, float scale, float *scores) {
-    for (int j = 0; j < n; j++) {
-        const float *kj = k + (size_t)j * stride;
-        float s = 0;
-        for (int d = 0; d < dim; d++) s += q[d] * kj[d];
-        scores[j] = s * scale;
-    }
-    softmax(scores, n);
-    memset(out, 0, (size_t)dim * sizeof(float));
-    for (int j = 0; j < n; j++) {
-        const float *vj = v + (size_t)j * stride;
-        float a = scores[j];
-        for (int d = 0; d < dim; d++) out[d] += a * vj[d];
-    }
+    attend_group(out, q, 1, k, v, n, stride, dim, scale, scores);
 }
 
 void attend_block(float *out, int ldo, const float *q, int ldq, const float *k, const float *v, int ldk,
                   int nq, int nk, int dim, float scale, int causal_past, float *scores) {
+    const ops_kernels *kt = kernels();
     pthread_once(&blas_once, blas_single_threaded);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, dim, scale, q, ldq, k, ldk, 0.0f, scores, nk);
     for (int i = 0; i < nq; i++) {
         float *row = scores + (size_t)i * nk;
         int visible = causal_past < 0 ? nk : causal_past + i + 1;
         if (visible > nk) visible = nk;
-        softmax(row, visible);
+        softmax_with(kt, row, visible);
         memset(row + visible, 0, (size_t)(nk - visible) * sizeof(float));
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, dim, nk, 1.0f, scores, nk, v, ldk, 0.0f, out, ldo);

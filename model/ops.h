@@ -1,9 +1,11 @@
 /* ops.h - the arithmetic of the forward pass, in float32.
  *
- * matmul is the only heavy operation: y[n, out] = x[n, in] . W^T for a weight
- * in its stored dtype (bf16, f16 or f32; out-major or in-major; any row
- * stride).  Everything else works on one row (a token's vector) at a time and
- * is cheap. */
+ * matmul is the heavy operation: y[n, out] = x[n, in] . W^T for a weight in
+ * its stored dtype (bf16, f16 or f32; out-major or in-major; any row stride),
+ * then attention.  Everything else works on one row (a token's vector) at a
+ * time and is cheap.  The inner loops run on the best kernels the CPU has
+ * (AVX-512, AVX2 or portable C, chosen at run time); every result is
+ * independent of the thread count. */
 #ifndef QVL_OPS_H
 #define QVL_OPS_H
 
@@ -15,6 +17,17 @@
  * Both split the outputs across the thread pool in fixed tiles, so the result
  * does not depend on the thread count. */
 void matmul(float *y, const float *x, const qvl_weight *w, int n);
+
+/* Several independent products in one pass of the thread pool (q/k/v,
+ * gate/up, the experts a token is routed to): p->y = p->x . p->w^T over p->n
+ * rows each, every output as matmul computes it. */
+typedef struct {
+    float *y;
+    const float *x;
+    const qvl_weight *w;
+    int n;
+} qvl_product;
+void matmul_batch(const qvl_product *p, int count);
 
 /* y[n, cols] += b[cols] on every row. */
 void add_bias(float *y, const float *b, int n, int cols);
@@ -28,6 +41,7 @@ void softmax(float *x, int n);
 
 /* In place over n values. */
 void silu(float *x, int n);
+void silu_mul(float *g, const float *u, int n);   /* g = silu(g) * u (SwiGLU) */
 void gelu_tanh(float *x, int n);      /* gelu_pytorch_tanh */
 void gelu_erf(float *x, int n);       /* nn.GELU() */
 
@@ -39,6 +53,11 @@ void rope_rotate_half(float *x, const float *cos, const float *sin, int dim);
  * over n keys/values that sit `stride` floats apart.  scores: n floats of scratch. */
 void attend(float *out, const float *q, const float *k, const float *v, int n, int stride,
             int dim, float scale, float *scores);
+/* The same for `group` query heads that share one key/value head (q and out:
+ * group heads of dim floats, back to back), reading the keys and values once.
+ * scores: group*n floats of scratch. */
+void attend_group(float *out, const float *q, int group, const float *k, const float *v, int n, int stride,
+                  int dim, float scale, float *scores);
 
 /* One attention head for a block of nq queries, through sgemm:
  *   out[i] = sum_j softmax_j(scale * q_i.k_j) v_j,  j < visible(i)
@@ -54,9 +73,13 @@ void attend_block(float *out, int ldo, const float *q, int ldq, const float *k, 
  * loads: the program may setenv this value and re-exec itself early in main.
  * Returns "SkylakeX" (AVX-512), "Haswell" (AVX2) or NULL. */
 const char *ops_openblas_coretype(void);
-/* Which matrix-vector kernel runs: "avx2" or "portable". */
+/* Which kernels run: "avx512", "avx2" or "portable". */
 const char *ops_kernel_name(void);
-/* Forces the portable kernels (tests compare the two paths). */
+/* Forces a kernel table no better than the CPU has: "avx512", "avx2",
+ * "portable", or NULL for the best.  -1 if this CPU lacks it.  Tests compare
+ * the paths; not to be called while a forward pass runs. */
+int ops_force_kernel(const char *name);
+/* ops_force_kernel("portable") when on, the best when off. */
 void ops_force_portable(int on);
 
 #endif

@@ -11,6 +11,7 @@
  * before the model loads, so a typo fails at once and names the file. */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -20,6 +21,7 @@
 #include "demo.h"
 #include "jsonl.h"
 #include "lineui.h"
+#include "ops.h"
 #include "options.h"
 #include "tools.h"
 #include "tui.h"
@@ -94,7 +96,20 @@ static int run(const qvl_options *o) {
     return interactive(o, model);
 }
 
+/* Debian's OpenBLAS 0.3.21 does not recognise recent CPUs and falls back to
+ * its slowest kernels (sgemm 5x slower here) unless OPENBLAS_CORETYPE names
+ * the core before the library loads, which is before main runs.  So when the
+ * user has not set it, set it and exec ourselves again: the variable being
+ * set is what stops a second exec.  If the exec fails we go on as we are. */
+static void choose_blas_core(char **argv) {
+    const char *core = ops_openblas_coretype();
+    if (getenv("OPENBLAS_CORETYPE") || !core) return;
+    if (setenv("OPENBLAS_CORETYPE", core, 1)) return;
+    execv("/proc/self/exe", argv);
+}
+
 int main(int argc, char **argv) {
+    choose_blas_core(argv);
     if (argc >= 2) {
         if (!strcmp(argv[1], "synth")) return tool_synth_main(argc - 1, argv + 1);
         if (!strcmp(argv[1], "tokenize")) return tool_tokenize_main(argc - 1, argv + 1);

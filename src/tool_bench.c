@@ -1,6 +1,7 @@
 /* tool_bench.c - `qvl bench`: how fast a model runs on this machine.
  *
- *   qvl bench [-m DIR] [-t N] [--quant q8|q4] [--pp N] [--tg N] [--reps N] [--json-only]
+ *   qvl bench [-m DIR] [-t N] [--quant q8|q4] [--pp N] [--tg N] [--reps N] [--no-images]
+ *             [--json-only]
  *
  * A CPU user's experience comes down to a few numbers, and this measures them
  * the way llama.cpp's llama-bench does, so that the two can be put side by side:
@@ -13,7 +14,8 @@
  *   - time to first token of a question about the 1024x768 picture:
  *     preprocessing + vision encoder + prefill of the whole prompt + argmax;
  *   - the weights' size, the KV cache size, and the process's peak RSS.
- * A human table goes to stdout, then one JSON line with every figure.
+ * A human table goes to stdout, then one JSON line with every figure; what
+ * was skipped (--pp 0, --tg 0, --no-images) is null there.
  *
  * Prompts are token ids, not text: a checkpoint needs no tokenizer.json to be
  * measured (the synthetic 2B shape has none), and the time of a forward pass
@@ -61,6 +63,7 @@ typedef struct {
     int threads;                /* 0: all cores */
     int pp, tg, reps;
     int json_only;
+    int no_images;              /* text only: no image encoding, no time to first token */
     qvl_quant quant;
 } bench_opts;
 
@@ -86,7 +89,7 @@ typedef struct {
     long long params, text_params, vision_params;
     long long weights_bytes;
     double load_s, quantize_s, warmup_s;
-    int pp, tg, ctx;
+    int pp, tg, ctx, images;
     stat pp_tok_s, tg_tok_s;
     image_result img[2];
     int ttft_tokens;
@@ -239,10 +242,11 @@ static long long peak_rss_bytes(void) {
 /* ---------------------------------------------------------------- measurements */
 
 /* Brings the weights in: one decoding step (every text matrix) and one image
- * encoding (every vision matrix), both untimed. */
+ * encoding (every vision matrix; px may be NULL), both untimed. */
 static int warm_up(const qvl_model *m, qvl_cache *c, float *logits, const qvl_pixels *px, char *err) {
     if (decoder_step(c, text_id(&m->cfg, m->text.lm_head.out, 0), logits, err)) return -1;
     if (cache_truncate(c, 0, err)) return -1;
+    if (!px) return 0;
     qvl_grid g = { px->grid_t, px->grid_h, px->grid_w };
     qvl_vision_out vo = {0};
     int rc = vision_encode(m, px->pixels, px->n_patches, &g, 1, NULL, &vo, err);
@@ -297,7 +301,6 @@ static int measure_generation(const qvl_model *m, qvl_cache *c, int tg, int reps
 static int measure_image(const qvl_model *m, const qvl_preproc *pp, const qvl_image *img, int reps,
                          image_result *out, char *err) {
     stat_acc prep = {0}, enc = {0};
-    int merge2 = m->cfg.vision.merge * m->cfg.vision.merge;
     for (int r = 0; r < reps; r++) {
         qvl_pixels px = {0};
         double t0 = qvl_now();
@@ -309,7 +312,7 @@ static int measure_image(const qvl_model *m, const qvl_preproc *pp, const qvl_im
         double t2 = qvl_now();
         out->seen_w = px.resized.width;
         out->seen_h = px.resized.height;
-        out->tokens = px.n_patches / merge2;
+        out->tokens = vo.n_tokens;
         vision_out_free(&vo);
         pixels_free(&px);
         if (rc) return -1;
@@ -401,6 +404,7 @@ static int bench_run(const bench_opts *o, bench_result *r, char *err) {
     openblas_facts(r);
     r->pp = o->pp;
     r->tg = o->tg;
+    r->images = !o->no_images;
 
     progress(o, "loading %s", r->label);
     double t0 = qvl_now();
@@ -430,7 +434,8 @@ static int bench_run(const bench_opts *o, bench_result *r, char *err) {
 
     progress(o, "warming up (reading the weights in)");
     t0 = qvl_now();
-    if (image_preprocess(&pics[0], &pp, &warm, err) || warm_up(m, c, logits, &warm, err)) goto done;
+    if (r->images && image_preprocess(&pics[0], &pp, &warm, err)) goto done;
+    if (warm_up(m, c, logits, r->images ? &warm : NULL, err)) goto done;
     r->warmup_s = qvl_now() - t0;
 
     if (o->pp > 0) {
@@ -444,13 +449,15 @@ static int bench_run(const bench_opts *o, bench_result *r, char *err) {
         progress(o, "generation: %d tokens after %d x %d", o->tg, cache_len(c), o->reps);
         if (measure_generation(m, c, o->tg, o->reps, logits, &r->tg_tok_s, err)) goto done;
     }
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 2 && r->images; i++) {
         progress(o, "image encoding: %dx%d x %d", pics[i].width, pics[i].height, o->reps);
         if (measure_image(m, &pp, &pics[i], o->reps, &r->img[i], err)) goto done;
     }
-    progress(o, "time to first token: a question about the %dx%d picture x %d", pics[1].width,
-             pics[1].height, o->reps);
-    if (measure_ttft(m, &pp, &pics[1], o->reps, logits, &r->ttft_tokens, &r->ttft_ms, err)) goto done;
+    if (r->images) {
+        progress(o, "time to first token: a question about the %dx%d picture x %d", pics[1].width,
+                 pics[1].height, o->reps);
+        if (measure_ttft(m, &pp, &pics[1], o->reps, logits, &r->ttft_tokens, &r->ttft_ms, err)) goto done;
+    }
     r->peak_rss_bytes = peak_rss_bytes();
     rc = 0;
 done:
@@ -535,16 +542,18 @@ static void print_table(FILE *f, const bench_result *r) {
         snprintf(what, sizeof what, "generation (tg%d after %d tokens)", r->tg, r->pp > 0 ? r->pp : 1);
         row(f, what, plus_minus(&r->tg_tok_s, "%.2f", "tok/s", v, sizeof v));
     }
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 2 && r->images; i++) {
         const image_result *im = &r->img[i];
         snprintf(what, sizeof what, "image %dx%d -> %dx%d, %d tokens", im->width, im->height, im->seen_w,
                  im->seen_h, im->tokens);
         row(f, what, plus_minus(&im->encode_ms, "%.1f", "ms", v, sizeof v));
         row(f, "  its preprocessing", plus_minus(&im->preprocess_ms, "%.1f", "ms", v, sizeof v));
     }
-    snprintf(what, sizeof what, "time to first token (%dx%d, %d tokens)", r->img[1].width, r->img[1].height,
-             r->ttft_tokens);
-    row(f, what, plus_minus(&r->ttft_ms, "%.0f", "ms", v, sizeof v));
+    if (r->images) {
+        snprintf(what, sizeof what, "time to first token (%dx%d, %d tokens)", r->img[1].width,
+                 r->img[1].height, r->ttft_tokens);
+        row(f, what, plus_minus(&r->ttft_ms, "%.0f", "ms", v, sizeof v));
+    }
     snprintf(what, sizeof what, "KV cache (f32, %d tokens)", r->ctx);
     row(f, what, human_bytes(r->kv_bytes, v, sizeof v));
     row(f, "peak RSS", human_bytes(r->peak_rss_bytes, v, sizeof v));
@@ -565,6 +574,17 @@ static void add_stat(cJSON *o, const char *key, const stat *s, int measured, dou
     cJSON_AddNumberToObject(o, k, rounded(s->sd, unit));
 }
 
+/* A string, or null. */
+static void add_string(cJSON *o, const char *key, const char *s) {
+    if (s) cJSON_AddStringToObject(o, key, s);
+    else cJSON_AddNullToObject(o, key);
+}
+
+static void add_count(cJSON *o, const char *key, long long n, int measured) {
+    if (measured) cJSON_AddNumberToObject(o, key, (double)n);
+    else cJSON_AddNullToObject(o, key);
+}
+
 /* Every figure, one line. */
 static char *result_json(const bench_result *r, int reps) {
     cJSON *o = cJSON_CreateObject();
@@ -577,11 +597,9 @@ static char *result_json(const bench_result *r, int reps) {
     cJSON_AddNumberToObject(o, "weights_bytes", (double)r->weights_bytes);
     cJSON_AddNumberToObject(o, "threads", r->threads);
     cJSON_AddStringToObject(o, "kernel", r->kernel);
-    if (r->blas_core) cJSON_AddStringToObject(o, "openblas_core", r->blas_core);
-    else cJSON_AddNullToObject(o, "openblas_core");
+    add_string(o, "openblas_core", r->blas_core);
     cJSON_AddStringToObject(o, "quant", r->quant);
-    if (r->quant_kernel) cJSON_AddStringToObject(o, "quant_kernel", r->quant_kernel);
-    else cJSON_AddNullToObject(o, "quant_kernel");
+    add_string(o, "quant_kernel", r->quant_kernel);
     cJSON_AddNumberToObject(o, "reps", reps);
     cJSON_AddNumberToObject(o, "load_s", rounded(r->load_s, 1e-4));
     cJSON_AddNumberToObject(o, "quantize_s", rounded(r->quantize_s, 1e-4));
@@ -594,19 +612,19 @@ static char *result_json(const bench_result *r, int reps) {
         const image_result *im = &r->img[i];
         char k[64];
         const char *tag = i ? "img1024x768" : "img448x448";
-        snprintf(k, sizeof k, "%s_size", tag);
         char size[32];
         snprintf(size, sizeof size, "%dx%d", im->seen_w, im->seen_h);
-        cJSON_AddStringToObject(o, k, size);
+        snprintf(k, sizeof k, "%s_size", tag);
+        add_string(o, k, r->images ? size : NULL);
         snprintf(k, sizeof k, "%s_tokens", tag);
-        cJSON_AddNumberToObject(o, k, im->tokens);
+        add_count(o, k, im->tokens, r->images);
         snprintf(k, sizeof k, "%s_preprocess_ms", tag);
-        add_stat(o, k, &im->preprocess_ms, 1, 1e-3);
+        add_stat(o, k, &im->preprocess_ms, r->images, 1e-3);
         snprintf(k, sizeof k, "%s_encode_ms", tag);
-        add_stat(o, k, &im->encode_ms, 1, 1e-3);
+        add_stat(o, k, &im->encode_ms, r->images, 1e-3);
     }
-    cJSON_AddNumberToObject(o, "ttft_prompt_tokens", r->ttft_tokens);
-    add_stat(o, "ttft_ms", &r->ttft_ms, 1, 1e-3);
+    add_count(o, "ttft_prompt_tokens", r->ttft_tokens, r->images);
+    add_stat(o, "ttft_ms", &r->ttft_ms, r->images, 1e-3);
     cJSON_AddNumberToObject(o, "ctx", r->ctx);
     cJSON_AddNumberToObject(o, "kv_bytes_per_token", (double)r->kv_bytes_per_token);
     cJSON_AddNumberToObject(o, "kv_bytes", (double)r->kv_bytes);
@@ -619,12 +637,14 @@ static char *result_json(const bench_result *r, int reps) {
 /* ---------------------------------------------------------------- arguments */
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: qvl bench [-m DIR] [-t THREADS] [--quant q8|q4] [--pp N] [--tg N] [--reps N] [--json-only]\n"
+    fprintf(f, "usage: qvl bench [-m DIR] [-t THREADS] [--quant q8|q4] [--pp N] [--tg N] [--reps N]\n"
+               "                 [--no-images] [--json-only]\n"
                "Measures load time, prompt processing (--pp tokens, default 512), generation (--tg\n"
                "tokens after the prompt, default 128), image encoding (448x448 and 1024x768), time to\n"
                "first token of a question about an image, weights, KV cache and peak memory.  Each\n"
                "measurement is repeated --reps times (default 3).  Without -m: the built-in demo model.\n"
-               "--quant converts the text matrices at load, as the chat's --quant does.\n"
+               "--quant converts the text matrices at load, as the chat's --quant does; --no-images\n"
+               "skips the image encoding and the time to first token.\n"
                "Prints a table, then one JSON line with every figure (--json-only: just that line).\n");
 }
 
@@ -641,12 +661,12 @@ static int parse_count(const char *opt, const char *v, int min, int max, int *ou
 
 /* 0: run, 1: help printed, -1: usage error (message printed). */
 static int parse_args(int argc, char **argv, bench_opts *o) {
-    enum { OPT_PP = 256, OPT_TG, OPT_REPS, OPT_JSON, OPT_QUANT };
+    enum { OPT_PP = 256, OPT_TG, OPT_REPS, OPT_JSON, OPT_QUANT, OPT_NO_IMAGES };
     static const struct option longopts[] = {
         { "model", required_argument, 0, 'm' }, { "threads", required_argument, 0, 't' },
         { "pp", required_argument, 0, OPT_PP }, { "tg", required_argument, 0, OPT_TG },
         { "reps", required_argument, 0, OPT_REPS }, { "json-only", no_argument, 0, OPT_JSON },
-        { "quant", required_argument, 0, OPT_QUANT },
+        { "quant", required_argument, 0, OPT_QUANT }, { "no-images", no_argument, 0, OPT_NO_IMAGES },
         { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 },
     };
     *o = (bench_opts){ .pp = 512, .tg = 128, .reps = 3 };
@@ -661,6 +681,7 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
         case OPT_TG: if (parse_count("--tg", optarg, 0, MAX_TOKENS, &o->tg)) return -1; break;
         case OPT_REPS: if (parse_count("--reps", optarg, 1, MAX_REPS, &o->reps)) return -1; break;
         case OPT_JSON: o->json_only = 1; break;
+        case OPT_NO_IMAGES: o->no_images = 1; break;
         case OPT_QUANT:
             if (quant_parse(optarg, &o->quant)) {
                 fprintf(stderr, "qvl bench: --quant '%s': expected none, q8 or q4\n", optarg);

@@ -279,6 +279,8 @@ static void case_load(const qvl_model *m, const golden *g, const qvl_probe *prob
     free(v);
     const st_tensor *pv = golden_tensor(g, "pixel_values");
     if (!pv || pv->ndim != 2) die("golden has no 2-D " CASE ".pixel_values");
+    if (pv->shape[1] != m->vision.patch.in)
+        die("golden pixel rows have %lld values, the model's patches %d", (long long)pv->shape[1], m->vision.patch.in);
     float *pixels = golden_f32(pv);
     double t0 = qvl_now();
     int rc = vision_encode(m, pixels, (int)pv->shape[0], &ci->grid, 1, probe, &ci->vo, err);

@@ -162,15 +162,35 @@ START_TEST(demo_model_table) {
 }
 END_TEST
 
-/* A skipped measurement is null, not zero. */
+static int is_null(const cJSON *j, const char *key) {
+    return cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(j, key));
+}
+
+/* A skipped measurement is null, not zero; the others are still there. */
 START_TEST(skipped_measurements_are_null) {
     char *out, *err;
     int st = bench("--pp 0 --tg 0 --reps 1 --json-only", &out, &err);
     ck_assert_msg(st == 0, "exit %d: %s", st, err);
     cJSON *j = last_line_json(out);
-    ck_assert(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(j, "pp_tok_s")));
-    ck_assert(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(j, "tg_tok_s")));
+    ck_assert(is_null(j, "pp_tok_s") && is_null(j, "pp_tok_s_sd"));
+    ck_assert(is_null(j, "tg_tok_s") && is_null(j, "tg_tok_s_sd"));
     ck_assert(num(j, "img448x448_encode_ms") > 0);
+    cJSON_Delete(j);
+    free(out);
+    free(err);
+
+    static const char *const image_fields[] = {
+        "img448x448_size", "img448x448_tokens", "img448x448_preprocess_ms", "img448x448_encode_ms",
+        "img1024x768_size", "img1024x768_tokens", "img1024x768_preprocess_ms", "img1024x768_encode_ms",
+        "ttft_prompt_tokens", "ttft_ms", "ttft_ms_sd",
+    };
+    st = bench("--pp 3 --tg 2 --reps 1 --no-images --json-only", &out, &err);
+    ck_assert_msg(st == 0, "exit %d: %s", st, err);
+    j = last_line_json(out);
+    for (size_t i = 0; i < sizeof image_fields / sizeof *image_fields; i++)
+        ck_assert_msg(is_null(j, image_fields[i]), "--no-images: %s is not null", image_fields[i]);
+    ck_assert(num(j, "pp_tok_s") > 0 && num(j, "tg_tok_s") > 0);
+    ck_assert_int_eq(cJSON_GetArraySize(j), (int)(sizeof FIELDS / sizeof *FIELDS));
     cJSON_Delete(j);
     free(out);
     free(err);

@@ -1,0 +1,413 @@
+/* test_ops.c - the engine's arithmetic kernels and thread pool.
+ *
+ * Every kernel table this CPU can run (AVX-512, AVX2, portable C) against
+ * double-precision references computed here:
+ *   - matmul for f32/f16/bf16 weights, out-major and in-major, rows wider
+ *     than the matrix, sizes that leave partial vectors, register tiles,
+ *     input blocks and output tiles; one row (decoding) and many (prefill);
+ *   - matmul_batch gives exactly what separate matmuls give;
+ *   - results are bit-identical for 1, 2 and 3 threads, and (for the
+ *     kernels' own matrix-matrix product) whatever rows share the call;
+ *   - softmax, SiLU, SwiGLU and tanh-GELU over ordinary and extreme inputs;
+ *   - decoding attention (query heads sharing a key/value head) at short and
+ *     long (4096) context, head sizes on and off the vector width;
+ * and the pool: every item runs exactly once, nested loops run inline, and
+ * thousands of back-to-back loops (the spinning hand-off) and loops after
+ * the workers fell asleep all complete. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common.h"
+#include "ops.h"
+#include "testutil.h"
+#include "threadpool.h"
+
+static const char *const KERNELS[] = { "avx512", "avx2", "portable" };
+#define NKERNELS 3
+
+static uint32_t lcg(uint32_t *s) { *s = *s * 1664525u + 1013904223u; return *s >> 8; }
+static float uniform(uint32_t *s, float lo, float hi) { return lo + (hi - lo) * (float)(lcg(s) % 1000001) / 1e6f; }
+
+/* Selects a kernel table; 0 when this CPU cannot run it (the test skips it). */
+static int use_kernel(int i) {
+    if (ops_force_kernel(KERNELS[i]) == 0) return 1;
+    fprintf(stderr, "kernel %s: not supported here, skipped\n", KERNELS[i]);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- matmul */
+
+/* A random weight [out, in] in dtype t, stored out-major or in-major with a
+ * row stride wider than the row; *ref gets the stored values as double [out][in]. */
+typedef struct {
+    qvl_weight w;
+    void *raw;
+    double *ref;
+} test_weight;
+
+static test_weight make_weight(qvl_dtype t, int out, int in, int in_major, uint32_t *seed) {
+    test_weight tw;
+    int rows = in_major ? in : out, cols = in_major ? out : in, ld = cols + 7;
+    size_t es = qvl_dtype_size(t);
+    tw.raw = calloc((size_t)rows * ld, es);
+    tw.ref = calloc((size_t)out * in, sizeof(double));
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < ld; c++) {
+            float v = uniform(seed, -1, 1);
+            char *dst = (char *)tw.raw + ((size_t)r * ld + c) * es;
+            if (t == QVL_F32) memcpy(dst, &v, 4);
+            else {
+                uint16_t h = t == QVL_F16 ? qvl_f32_to_f16(v) : qvl_f32_to_bf16(v);
+                memcpy(dst, &h, 2);
+                v = t == QVL_F16 ? qvl_f16_to_f32(h) : qvl_bf16_to_f32(h);
+            }
+            if (c < cols) tw.ref[in_major ? (size_t)c * in + r : (size_t)r * in + c] = v;
+        }
+    tw.w = (qvl_weight){ tw.raw, t, out, in, in_major, ld };
+    return tw;
+}
+
+static void free_weight(test_weight *tw) { free(tw->raw); free(tw->ref); }
+
+static float *random_floats(size_t n, uint32_t *seed, float lo, float hi) {
+    float *x = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) x[i] = uniform(seed, lo, hi);
+    return x;
+}
+
+/* y against the double product; the bound scales with sum |w x| (float
+ * rounding over `in` terms). */
+static void check_product(const float *y, const float *x, const test_weight *tw, int n, const char *what) {
+    int out = tw->w.out, in = tw->w.in;
+    for (int r = 0; r < n; r++)
+        for (int o = 0; o < out; o++) {
+            double ref = 0, mag = 0;
+            for (int i = 0; i < in; i++) {
+                double p = (double)x[(size_t)r * in + i] * tw->ref[(size_t)o * in + i];
+                ref += p;
+                mag += fabs(p);
+            }
+            double got = y[(size_t)r * out + o];
+            ck_assert_msg(fabs(got - ref) <= 2e-6 * mag + 1e-6, "%s: y[%d][%d] = %.7g, want %.7g", what, r, o, got, ref);
+        }
+}
+
+/* Shapes: partial vectors (45, 70), several input blocks and output tiles
+ * (300, 260), rows around the 12-row register tile. */
+START_TEST(matmul_matches_reference) {
+    static const int shapes[][2] = { { 70, 45 }, { 33, 64 }, { 260, 300 } };   /* out, in */
+    static const int rows[] = { 1, 2, 13, 30 };
+    qvl_dtype types[3] = { QVL_F32, QVL_F16, QVL_BF16 };
+    if (!use_kernel(_i)) return;
+    uint32_t seed = 11;
+    char what[128];
+    for (int s = 0; s < 3; s++)
+        for (int ti = 0; ti < 3; ti++)
+            for (int in_major = 0; in_major < 2; in_major++) {
+                test_weight tw = make_weight(types[ti], shapes[s][0], shapes[s][1], in_major, &seed);
+                for (int ri = 0; ri < 4; ri++) {
+                    int n = rows[ri];
+                    float *x = random_floats((size_t)n * tw.w.in, &seed, -1, 1);
+                    float *y = malloc(sizeof(float) * (size_t)n * tw.w.out);
+                    matmul(y, x, &tw.w, n);
+                    snprintf(what, sizeof what, "%s %dx%d dtype %d in_major %d n %d", KERNELS[_i],
+                             tw.w.out, tw.w.in, ti, in_major, n);
+                    check_product(y, x, &tw, n, what);
+                    free(x);
+                    free(y);
+                }
+                free_weight(&tw);
+            }
+    ops_force_kernel(NULL);
+}
+END_TEST
+
+/* Several products in one pass: the same bits as one matmul each. */
+START_TEST(batch_equals_separate_products) {
+    if (!use_kernel(_i)) return;
+    uint32_t seed = 5;
+    for (int n = 1; n <= 20; n += 19) {
+        test_weight a = make_weight(QVL_BF16, 96, 80, 0, &seed), b = make_weight(QVL_BF16, 40, 80, 0, &seed);
+        test_weight c = make_weight(QVL_F16, 50, 80, 1, &seed), d = make_weight(QVL_F32, 20, 33, 0, &seed);
+        float *x = random_floats((size_t)n * 80, &seed, -2, 2), *x2 = random_floats((size_t)n * 33, &seed, -2, 2);
+        const test_weight *ws[4] = { &a, &b, &c, &d };
+        float *sep[4], *bat[4];
+        qvl_product ps[4];
+        for (int k = 0; k < 4; k++) {
+            size_t size = (size_t)n * ws[k]->w.out;
+            sep[k] = malloc(size * sizeof(float));
+            bat[k] = malloc(size * sizeof(float));
+            const float *in = k == 3 ? x2 : x;
+            matmul(sep[k], in, &ws[k]->w, n);
+            ps[k] = (qvl_product){ bat[k], in, &ws[k]->w, n };
+        }
+        matmul_batch(ps, 4);
+        for (int k = 0; k < 4; k++) {
+            ck_assert_msg(!memcmp(sep[k], bat[k], sizeof(float) * (size_t)n * ws[k]->w.out),
+                          "%s n %d: product %d differs in a batch", KERNELS[_i], n, k);
+            free(sep[k]);
+            free(bat[k]);
+        }
+        free(x); free(x2);
+        free_weight(&a); free_weight(&b); free_weight(&c); free_weight(&d);
+    }
+    ops_force_kernel(NULL);
+}
+END_TEST
+
+/* 1, 2 and 3 threads give the same bits, for one row and for many. */
+START_TEST(threads_give_identical_bits) {
+    if (!use_kernel(_i)) return;
+    uint32_t seed = 9;
+    int sizes[2] = { 1, 37 };
+    for (int in_major = 0; in_major < 2; in_major++)
+        for (int si = 0; si < 2; si++) {
+            int n = sizes[si];
+            test_weight tw = make_weight(QVL_BF16, 530, 300, in_major, &seed);
+            float *x = random_floats((size_t)n * 300, &seed, -1, 1);
+            float *y[3];
+            for (int t = 0; t < 3; t++) {
+                ck_assert_int_eq(pool_set_threads(t + 1), t + 1);
+                y[t] = malloc(sizeof(float) * (size_t)n * 530);
+                matmul(y[t], x, &tw.w, n);
+            }
+            for (int t = 1; t < 3; t++)
+                ck_assert_msg(!memcmp(y[0], y[t], sizeof(float) * (size_t)n * 530),
+                              "%s in_major %d n %d: %d threads differ from 1", KERNELS[_i], in_major, n, t + 1);
+            for (int t = 0; t < 3; t++) free(y[t]);
+            free(x);
+            free_weight(&tw);
+        }
+    pool_set_threads(0);
+    ops_force_kernel(NULL);
+}
+END_TEST
+
+/* The kernels' own matrix-matrix product computes each row alone: a row's
+ * bits do not depend on the other rows of the call (prefill chunking). */
+START_TEST(gemm_rows_are_independent) {
+    ops_force_kernel(NULL);
+    if (strcmp(ops_kernel_name(), "avx512")) { fprintf(stderr, "no own gemm here, skipped\n"); return; }
+    uint32_t seed = 4;
+    test_weight tw = make_weight(QVL_BF16, 200, 600, 0, &seed);
+    enum { N = 29 };
+    float *x = random_floats((size_t)N * 600, &seed, -1, 1);
+    float *all = malloc(sizeof(float) * N * 200), *part = malloc(sizeof(float) * N * 200);
+    matmul(all, x, &tw.w, N);
+    int cuts[] = { 0, 2, 14, 15, 29 };
+    for (int c = 0; c + 1 < 5; c++) {
+        int r0 = cuts[c], cnt = cuts[c + 1] - r0;
+        if (cnt < 2) continue;      /* one row takes the matrix-vector kernel */
+        matmul(part, x + (size_t)r0 * 600, &tw.w, cnt);
+        ck_assert_msg(!memcmp(part, all + (size_t)r0 * 200, sizeof(float) * (size_t)cnt * 200),
+                      "rows %d..%d differ when multiplied alone", r0, r0 + cnt);
+    }
+    free(x); free(all); free(part);
+    free_weight(&tw);
+}
+END_TEST
+
+START_TEST(unknown_kernel_is_refused) {
+    ck_assert_int_eq(ops_force_kernel("sse9"), -1);
+    ck_assert_int_eq(ops_force_kernel("portable"), 0);
+    ck_assert_str_eq(ops_kernel_name(), "portable");
+    ops_force_portable(0);
+    ck_assert_str_ne(ops_kernel_name(), "");
+    ck_assert_int_eq(ops_force_kernel(NULL), 0);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- elementwise */
+
+static double silu_ref(double v) { return v / (1 + exp(-v)); }
+static double gelu_ref(double v) { return 0.5 * v * (1 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))); }
+
+/* |got - want| within a few float ulps of want (or of tiny). */
+static int close_rel(double got, double want, double rel) {
+    return fabs(got - want) <= rel * fabs(want) + 1e-37;
+}
+
+START_TEST(activations_match_libm) {
+    if (!use_kernel(_i)) return;
+    enum { N = 1003 };     /* not a multiple of any vector width */
+    uint32_t seed = 21;
+    float x[N], g[N], u[N], y[N];
+    for (int i = 0; i < N; i++) x[i] = uniform(&seed, -12, 12);
+    /* Extremes: far beyond exp's range, zero, tiny. */
+    float special[] = { -100.0f, 100.0f, -88.5f, 88.5f, 0.0f, 1e-30f, -1e-30f, -20.0f, 20.0f, -3.0f };
+    memcpy(x, special, sizeof special);
+    memcpy(y, x, sizeof x);
+    silu(y, N);
+    for (int i = 0; i < N; i++)
+        ck_assert_msg(close_rel(y[i], silu_ref(x[i]), 4e-7), "%s silu(%g) = %.9g, want %.9g", KERNELS[_i], x[i], y[i], silu_ref(x[i]));
+    memcpy(g, x, sizeof x);
+    for (int i = 0; i < N; i++) u[i] = uniform(&seed, -3, 3);
+    silu_mul(g, u, N);
+    for (int i = 0; i < N; i++)
+        ck_assert_msg(close_rel(g[i], silu_ref(x[i]) * u[i], 6e-7), "%s silu_mul at %g", KERNELS[_i], x[i]);
+    memcpy(y, x, sizeof x);
+    gelu_tanh(y, N);
+    for (int i = 0; i < N; i++)
+        ck_assert_msg(close_rel(y[i], gelu_ref(x[i]), 1e-6) || fabs(y[i] - gelu_ref(x[i])) < 3e-7,
+                      "%s gelu_tanh(%g) = %.9g, want %.9g", KERNELS[_i], x[i], y[i], gelu_ref(x[i]));
+    ops_force_kernel(NULL);
+}
+END_TEST
+
+START_TEST(softmax_matches_reference) {
+    if (!use_kernel(_i)) return;
+    uint32_t seed = 2;
+    int sizes[] = { 1, 7, 16, 100, 4099 };
+    for (int s = 0; s < 5; s++) {
+        int n = sizes[s];
+        float *x = random_floats((size_t)n, &seed, -30, 30), *y = malloc(sizeof(float) * (size_t)n);
+        if (n > 7) x[3] = -1000;        /* far below the others: exactly 0 after exp */
+        memcpy(y, x, sizeof(float) * (size_t)n);
+        softmax(y, n);
+        double max = -INFINITY, sum = 0, total = 0;
+        for (int i = 0; i < n; i++) if (x[i] > max) max = x[i];
+        for (int i = 0; i < n; i++) sum += exp((double)x[i] - max);
+        for (int i = 0; i < n; i++) {
+            double want = exp((double)x[i] - max) / sum;
+            ck_assert_msg(fabs(y[i] - want) <= 2e-6 * want + 1e-12, "%s n %d: p[%d] = %.9g, want %.9g",
+                          KERNELS[_i], n, i, y[i], want);
+            total += y[i];
+        }
+        ck_assert_msg(fabs(total - 1) < 1e-5, "%s n %d: sums to %.9g", KERNELS[_i], n, total);
+        free(x);
+        free(y);
+    }
+    ops_force_kernel(NULL);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- attention */
+
+/* Query heads sharing one key/value head at 5 and 4096 cached tokens, for
+ * head sizes 128 (the 2B model's), 64 and 20 (off the vector width). */
+START_TEST(attention_groups_match_reference) {
+    if (!use_kernel(_i)) return;
+    uint32_t seed = 8;
+    int dims[3] = { 128, 64, 20 }, lens[2] = { 5, 4096 }, groups[3] = { 1, 2, 3 };
+    for (int di = 0; di < 3; di++)
+        for (int li = 0; li < 2; li++)
+            for (int gi = 0; gi < 3; gi++) {
+                int dim = dims[di], n = lens[li], group = groups[gi], stride = dim + 4;
+                float *q = random_floats((size_t)group * dim, &seed, -1, 1);
+                float *k = random_floats((size_t)n * stride, &seed, -1, 1), *v = random_floats((size_t)n * stride, &seed, -1, 1);
+                float *out = malloc(sizeof(float) * (size_t)group * dim), *scores = malloc(sizeof(float) * (size_t)group * n);
+                float scale = 1.0f / sqrtf((float)dim) * 3;     /* sharper than usual */
+                attend_group(out, q, group, k, v, n, stride, dim, scale, scores);
+                double *p = malloc(sizeof(double) * (size_t)n);
+                for (int g = 0; g < group; g++) {
+                    double max = -INFINITY, sum = 0;
+                    for (int j = 0; j < n; j++) {
+                        double s = 0;
+                        for (int d = 0; d < dim; d++) s += (double)q[g * dim + d] * k[(size_t)j * stride + d];
+                        p[j] = s * scale;
+                        if (p[j] > max) max = p[j];
+                    }
+                    for (int j = 0; j < n; j++) { p[j] = exp(p[j] - max); sum += p[j]; }
+                    for (int d = 0; d < dim; d++) {
+                        double want = 0;
+                        for (int j = 0; j < n; j++) want += p[j] / sum * v[(size_t)j * stride + d];
+                        ck_assert_msg(fabs(out[g * dim + d] - want) < 2e-5, "%s dim %d n %d group %d: out[%d][%d] = %.7g, want %.7g",
+                                      KERNELS[_i], dim, n, group, g, d, out[g * dim + d], want);
+                    }
+                }
+                /* One head at a time (attend) gives the same bits as the group. */
+                float *one = malloc(sizeof(float) * (size_t)dim);
+                attend(one, q + (size_t)(group - 1) * dim, k, v, n, stride, dim, scale, scores);
+                ck_assert_msg(!memcmp(one, out + (size_t)(group - 1) * dim, sizeof(float) * (size_t)dim),
+                              "%s: attend and attend_group disagree", KERNELS[_i]);
+                free(one); free(p); free(q); free(k); free(v); free(out); free(scores);
+            }
+    ops_force_kernel(NULL);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- pool */
+
+typedef struct {
+    int *hits;
+    int nested;
+} count_job;
+
+static void count_items(void *arg, int begin, int end) {
+    count_job *j = arg;
+    for (int i = begin; i < end; i++) __atomic_fetch_add(&j->hits[i], 1, __ATOMIC_RELAXED);
+    if (j->nested) {               /* runs inline on this thread */
+        count_job inner = { j->hits, 0 };
+        parallel_for(0, count_items, &inner);
+    }
+}
+
+START_TEST(pool_runs_every_item_once) {
+    int counts[4] = { 1, 2, 3, 5 }, sizes[5] = { 1, 2, 3, 17, 1000 };
+    for (int c = 0; c < 4; c++) {
+        ck_assert_int_eq(pool_set_threads(counts[c]), counts[c]);
+        ck_assert_int_eq(pool_threads(), counts[c]);
+        for (int s = 0; s < 5; s++) {
+            int n = sizes[s];
+            int *hits = calloc((size_t)n, sizeof(int));
+            count_job j = { hits, 1 };
+            parallel_for(n, count_items, &j);
+            for (int i = 0; i < n; i++)
+                ck_assert_msg(hits[i] == 1, "%d threads, %d items: item %d ran %d times", counts[c], n, i, hits[i]);
+            free(hits);
+        }
+    }
+    pool_set_threads(0);
+}
+END_TEST
+
+static void add_range(void *arg, int begin, int end) {
+    long *sums = arg;
+    for (int i = begin; i < end; i++) __atomic_fetch_add(&sums[i], (long)i, __ATOMIC_RELAXED);
+}
+
+/* Back-to-back loops (the spinning hand-off), then loops after the workers
+ * have gone to sleep, then a restart of the pool. */
+START_TEST(pool_survives_many_handoffs) {
+    ck_assert_int_eq(pool_set_threads(2), 2);
+    long sums[8] = { 0 };
+    for (int r = 0; r < 5000; r++) parallel_for(8, add_range, sums);
+    for (int i = 0; i < 8; i++) ck_assert_int_eq(sums[i], 5000L * i);
+    for (int r = 0; r < 3; r++) {
+        struct timespec ts = { 0, 30 * 1000 * 1000 };    /* long enough for the workers to sleep */
+        nanosleep(&ts, NULL);
+        parallel_for(8, add_range, sums);
+    }
+    for (int i = 0; i < 8; i++) ck_assert_int_eq(sums[i], 5003L * i);
+    pool_shutdown();
+    parallel_for(8, add_range, sums);      /* a fresh default pool */
+    for (int i = 0; i < 8; i++) ck_assert_int_eq(sums[i], 5004L * i);
+    pool_set_threads(0);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("ops");
+    TCase *k = tcase_create("kernels");
+    tcase_set_timeout(k, 60);
+    tcase_add_loop_test(k, matmul_matches_reference, 0, NKERNELS);
+    tcase_add_loop_test(k, batch_equals_separate_products, 0, NKERNELS);
+    tcase_add_loop_test(k, threads_give_identical_bits, 0, NKERNELS);
+    tcase_add_test(k, gemm_rows_are_independent);
+    tcase_add_test(k, unknown_kernel_is_refused);
+    tcase_add_loop_test(k, activations_match_libm, 0, NKERNELS);
+    tcase_add_loop_test(k, softmax_matches_reference, 0, NKERNELS);
+    tcase_add_loop_test(k, attention_groups_match_reference, 0, NKERNELS);
+    suite_add_tcase(s, k);
+    TCase *p = tcase_create("pool");
+    tcase_set_timeout(p, 60);
+    tcase_add_test(p, pool_runs_every_item_once);
+    tcase_add_test(p, pool_survives_many_handoffs);
+    suite_add_tcase(s, p);
+    int rc = run_suite(s);
+    pool_shutdown();
+    return rc;
+}
