@@ -231,6 +231,9 @@ static void use_utf8_locale(void) {
 /* From curses' <term.h>, which cannot be included here: its macros (lines,
  * columns, ...) clash with ordinary names, and "term.h" is ours. */
 extern int setupterm(const char *term, int fd, int *errret);
+struct term;
+extern struct term *set_curterm(struct term *t);
+extern int del_curterm(struct term *t);
 
 int tui_available(void) {
     if (!isatty(STDIN_FILENO) || !isatty(STDOUT_FILENO)) return 0;
@@ -239,7 +242,9 @@ int tui_available(void) {
     int errret = 0;
     if (setupterm(NULL, STDOUT_FILENO, &errret) != OK) return 0;
     const char *cup = tigetstr("cup");
-    return cup && cup != (char *)-1;   /* the terminfo entry stays loaded; newterm reuses it */
+    int ok = cup && cup != (char *)-1;
+    del_curterm(set_curterm(NULL));    /* newterm loads its own */
+    return ok;
 }
 
 /* ------------------------------------------------------------ entries */
