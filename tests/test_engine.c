@@ -395,31 +395,6 @@ START_TEST(golden_multiturn) {
 }
 END_TEST
 
-/* Opt-in (make check-shapes): the published 2B shapes.  QVL_SHAPE_GOLDEN names
- * the golden shape-qwen3vl-2b.safetensors (too large for tests/data);
- * QVL_SHAPE_MODEL the generated checkpoint (default: the build directory's
- * tests/models/shape-qwen3vl-2b).  Tensors within 1e-3, 5 greedy tokens
- * identical, top-5 logits within 5e-3, the multi-turn case too. */
-START_TEST(shape_2b) {
-    const char *golden = getenv("QVL_SHAPE_GOLDEN"), *dir = getenv("QVL_SHAPE_MODEL");
-    char def[4096];
-    if (!dir) {
-        snprintf(def, sizeof def, "%s", build_path("tests/models/shape-qwen3vl-2b"));
-        dir = def;
-    }
-    tensor_tol = 1e-3;
-    logit_tol = 5e-3;
-    double t0 = qvl_now();
-    qvl_model *m = load_model_from("shape-qwen3vl-2b", dir);
-    st_set *g = open_goldens_at(golden);
-    check_case_tensors(m, g, "image");
-    check_case_greedy(m, g, "image");
-    check_multiturn(m, g);
-    fprintf(stderr, "shape-qwen3vl-2b: %.1f s with %d threads\n", qvl_now() - t0, pool_threads());
-    st_close(g);
-    model_free(m);
-}
-END_TEST
 
 /* ---------------------------------------------------------------- invariances */
 
@@ -959,12 +934,6 @@ int main(void) {
     tcase_add_test(gold, dump_tool_writes_golden_names);
     tcase_add_test(gold, dump_from_conversation);
     suite_add_tcase(s, gold);
-    if (getenv("QVL_SHAPE_GOLDEN")) {
-        TCase *shape = tcase_create("shape-2b");
-        tcase_set_timeout(shape, 1800);
-        tcase_add_test(shape, shape_2b);
-        suite_add_tcase(s, shape);
-    }
     int rc = run_suite(s);
     pool_shutdown();
     return rc;
