@@ -102,7 +102,7 @@ void term_keys(term *t, const char *keys) { sh(NULL, "tmux -S '%s' send-keys -t 
 /* Waits for the child's result line and checks it exited as expected with the
  * terminal modes restored and nothing on stderr. */
 char *term_finish(term *t, int expect_rc) {
-    double end = qvl_now() + 10;
+    double end = qvl_now() + 30;   /* sanitizer builds are slow to exit */
     struct stat st;
     while (stat(t->result, &st) != 0 || st.st_size == 0) {
         ck_assert_msg(qvl_now() < end, "the child did not exit");
