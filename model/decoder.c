@@ -170,8 +170,6 @@ typedef struct {
     int layer, past, n;
 } attn_job;
 
-#define QBLOCK 64     /* new tokens per sgemm attention block */
-
 /* Decoding, one new token: items are key/value heads, each with the query
  * heads that share it, so every cached key and value is read once. */
 static void attention_one(void *p, int begin, int end) {
@@ -188,39 +186,47 @@ static void attention_one(void *p, int begin, int end) {
     }
 }
 
-/* Prefill: items are (block of QBLOCK new tokens, head) pairs, two sgemm each;
- * token i of the call sees cache rows 0 .. past+i. */
-static void attention_blocks(void *p, int begin, int end) {
+/* Prefill: items are query heads, each over all the new tokens at once (so
+ * its keys and values are prepared once); token i of the call sees cache
+ * rows 0 .. past+i. */
+static void attention_heads(void *p, int begin, int end) {
     attn_job *j = p;
     const qvl_cache *c = j->c;
     const qvl_text_config *tc = &c->m->cfg.text;
-    int hd = tc->head_dim, group = tc->heads / tc->kv_heads, qd = tc->heads * hd;
-    float *scores = malloc(sizeof(float) * (size_t)QBLOCK * (size_t)(j->past + j->n));
+    int hd = tc->head_dim, group = tc->heads / tc->kv_heads, qd = tc->heads * hd, nk = j->past + j->n;
+    float *scores = malloc(sizeof(float) * (size_t)(j->n < ATTEND_QBLOCK ? j->n : ATTEND_QBLOCK) * (size_t)nk);
     if (!scores) abort();
     float scale = 1.0f / sqrtf((float)hd);
-    for (int item = begin; item < end; item++) {
-        int i0 = item / tc->heads * QBLOCK, h = item % tc->heads, kvh = h / group;
-        int nq = j->n - i0 < QBLOCK ? j->n - i0 : QBLOCK;
-        size_t off = (size_t)i0 * qd + (size_t)h * hd;
-        attend_block(j->out + off, qd, j->q + off, qd, cache_head(c, c->k, j->layer, kvh),
-                     cache_head(c, c->v, j->layer, kvh), hd, nq, j->past + i0 + nq, hd, scale, j->past + i0, scores);
+    for (int h = begin; h < end; h++) {
+        int kvh = h / group;
+        attend_block(j->out + (size_t)h * hd, qd, j->q + (size_t)h * hd, qd, cache_head(c, c->k, j->layer, kvh),
+                     cache_head(c, c->v, j->layer, kvh), hd, j->n, nk, hd, scale, j->past, scores);
     }
     free(scores);
 }
 
-/* q/k RMSNorm per head and mRoPE, for every new token. */
-static void norm_and_rotate(const qvl_text_config *tc, const qvl_layer *L, fwd_scratch *s) {
+/* q/k RMSNorm per head and mRoPE, for new tokens [begin, end). */
+typedef struct {
+    const qvl_text_config *tc;
+    const qvl_layer *L;
+    fwd_scratch *s;
+} rotate_job;
+
+static void norm_and_rotate(void *p, int begin, int end) {
+    rotate_job *j = p;
+    const qvl_text_config *tc = j->tc;
+    fwd_scratch *s = j->s;
     int hd = tc->head_dim, qd = tc->heads * hd, kvd = tc->kv_heads * hd;
-    for (int i = 0; i < s->n; i++) {
+    for (int i = begin; i < end; i++) {
         const float *cs = s->cos + (size_t)i * hd, *sn = s->sin + (size_t)i * hd;
         for (int h = 0; h < tc->heads; h++) {
             float *q = s->q + (size_t)i * qd + (size_t)h * hd;
-            rmsnorm(q, q, L->q_norm, hd, tc->rms_eps);
+            rmsnorm(q, q, j->L->q_norm, hd, tc->rms_eps);
             rope_rotate_half(q, cs, sn, hd);
         }
         for (int h = 0; h < tc->kv_heads; h++) {
             float *k = s->k + (size_t)i * kvd + (size_t)h * hd;
-            rmsnorm(k, k, L->k_norm, hd, tc->rms_eps);
+            rmsnorm(k, k, j->L->k_norm, hd, tc->rms_eps);
             rope_rotate_half(k, cs, sn, hd);
         }
     }
@@ -231,7 +237,8 @@ static void self_attention(qvl_cache *c, const qvl_layer *L, int layer, fwd_scra
     int n = s->n, hd = tc->head_dim, kvd = c->kvd;
     qvl_product qkv[3] = { { s->q, s->xn, &L->q, n }, { s->k, s->xn, &L->k, n }, { s->v, s->xn, &L->v, n } };
     matmul_batch(qkv, 3);
-    norm_and_rotate(tc, L, s);
+    rotate_job rj = { tc, L, s };
+    parallel_for(n, norm_and_rotate, &rj);
     for (int h = 0; h < tc->kv_heads; h++) {
         float *kc = cache_head(c, c->k, layer, h), *vc = cache_head(c, c->v, layer, h);
         for (int i = 0; i < n; i++) {
@@ -241,7 +248,7 @@ static void self_attention(qvl_cache *c, const qvl_layer *L, int layer, fwd_scra
     }
     attn_job job = { c, s->q, s->att, layer, c->len, n };
     if (n == 1) parallel_for(tc->kv_heads, attention_one, &job);
-    else parallel_for((n + QBLOCK - 1) / QBLOCK * tc->heads, attention_blocks, &job);
+    else parallel_for(tc->heads, attention_heads, &job);
     matmul(s->tmp, s->att, &L->o, n);
     add_inplace(s->x, s->tmp, n * tc->hidden);
 }
@@ -282,6 +289,7 @@ static void route(const float *logits, int E, int k, float *probs, int *sel, flo
  * in-major, or its resaved out-major form): one product then reads the
  * expert's rows front to back instead of each half in a pass of its own. */
 static int fused_gate_up(const qvl_weight *g, const qvl_weight *u, qvl_weight *gu) {
+    if (g->dtype != QVL_BF16 && g->dtype != QVL_F16 && g->dtype != QVL_F32) return 0;
     if (g->dtype != u->dtype || g->in_major != u->in_major || g->ld != u->ld || g->in != u->in || g->out != u->out)
         return 0;
     size_t es = qvl_dtype_size(g->dtype);
@@ -444,11 +452,9 @@ int decoder_forward(qvl_cache *c, const int *ids, int n, const qvl_image_input *
     int n_deep = n_images > 0 ? m->cfg.vision.n_deepstack : 0;
     for (int l = 0; l < tc->layers; l++) {
         const qvl_layer *L = &m->text.layers[l];
-        for (int i = 0; i < n; i++)
-            rmsnorm(s->xn + (size_t)i * H, s->x + (size_t)i * H, L->attn_norm, H, tc->rms_eps);
+        rmsnorm_rows(s->xn, s->x, L->attn_norm, n, H, tc->rms_eps);
         self_attention(c, L, l, s);
-        for (int i = 0; i < n; i++)
-            rmsnorm(s->xn + (size_t)i * H, s->x + (size_t)i * H, L->mlp_norm, H, tc->rms_eps);
+        rmsnorm_rows(s->xn, s->x, L->mlp_norm, n, H, tc->rms_eps);
         if (L->sparse) { if (moe_mlp(L, tc, s, err)) goto done; }
         else dense_mlp(L, s, H);
         snprintf(name, sizeof name, "layer_out.%d", l);
@@ -460,8 +466,7 @@ int decoder_forward(qvl_cache *c, const int *ids, int n, const qvl_image_input *
                                 images[s->vis_img[i]].deepstack[l] + (size_t)s->vis_row[i] * H, H);
     }
     probe_emit(probe, "final_norm_in", s->x, n, H);
-    for (int i = 0; i < n; i++)
-        rmsnorm(s->xn + (size_t)i * H, s->x + (size_t)i * H, m->text.final_norm, H, tc->rms_eps);
+    rmsnorm_rows(s->xn, s->x, m->text.final_norm, n, H, tc->rms_eps);
     probe_emit(probe, "final_norm_out", s->xn, n, H);
     if (logits) {
         int V = m->text.lm_head.out;

@@ -45,11 +45,14 @@ typedef struct {
      * weight starting at w: out-major rows (output o, input k at w[o*ld + k])
      * or in-major ones (w[k*ld + o]); outputs past cnt are zero. */
     void (*gemm_pack_b)(float *panel, const void *w, qvl_dtype t, int64_t ld, int in_major, int cnt, int kc);
+    /* Packs A for gemm_kernel: `rows` (<= gemm_mr) rows of kc floats, lda
+     * apart, as [kc][gemm_mr]; rows past `rows` are zero. */
+    void (*gemm_pack_a)(float *a, const float *x, int64_t lda, int rows, int kc);
 
     /* Elementwise, in place over n floats. */
     void (*add)(float *y, const float *x, int n);       /* y += x */
     float (*max)(const float *x, int n);
-    float (*exp_sum)(float *x, int n, float shift);     /* x = exp(x - shift); returns the sum */
+    float (*exp_sum)(float *x, int n, float shift, float mul);   /* x = exp(mul * (x - shift)); returns the sum */
     void (*scale)(float *x, int n, float s);
     void (*silu_mul)(float *g, const float *u, int n);  /* g = silu(g) * u */
     void (*silu)(float *x, int n);

@@ -185,16 +185,16 @@ AVX2 static float vmax(const float *x, int n) {
     return m;
 }
 
-AVX2 static float exp_sum(float *x, int n, float shift) {
-    __m256 s = _mm256_setzero_ps(), sh = _mm256_set1_ps(shift);
+AVX2 static float exp_sum(float *x, int n, float shift, float mul) {
+    __m256 s = _mm256_setzero_ps(), sh = _mm256_set1_ps(shift), mu = _mm256_set1_ps(mul);
     int i = 0;
     for (; i + 8 <= n; i += 8) {
-        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), sh));
+        __m256 e = exp8(_mm256_mul_ps(mu, _mm256_sub_ps(_mm256_loadu_ps(x + i), sh)));
         _mm256_storeu_ps(x + i, e);
         s = _mm256_add_ps(s, e);
     }
     if (i < n) {
-        __m256 e = exp8(_mm256_sub_ps(load_part(x + i, n - i), sh));
+        __m256 e = exp8(_mm256_mul_ps(mu, _mm256_sub_ps(load_part(x + i, n - i), sh)));
         store_part(x + i, e, n - i);
         float t[8];
         _mm256_storeu_ps(t, e);
@@ -279,7 +279,7 @@ AVX2 static void attn_values(float *out, const float *p, int ldsc, int group, co
 }
 
 static const ops_kernels table = {
-    "avx2", prep_size, prep_x, dot_rows, axpy_rows, widen, 0, 0, NULL, NULL,
+    "avx2", prep_size, prep_x, dot_rows, axpy_rows, widen, 0, 0, NULL, NULL, NULL,
     add, vmax, exp_sum, scale, silu_mul, silu, gelu_tanh, attn_scores, attn_values,
 };
 

@@ -60,9 +60,9 @@ static float vmax(const float *x, int n) {
     return m;
 }
 
-static float exp_sum(float *x, int n, float shift) {
+static float exp_sum(float *x, int n, float shift, float mul) {
     float s = 0;
-    for (int i = 0; i < n; i++) { x[i] = expf(x[i] - shift); s += x[i]; }
+    for (int i = 0; i < n; i++) { x[i] = expf(mul * (x[i] - shift)); s += x[i]; }
     return s;
 }
 
@@ -110,7 +110,7 @@ static void attn_values(float *out, const float *p, int ldsc, int group, const f
 }
 
 static const ops_kernels table = {
-    "portable", prep_size, prep_x, dot_rows, axpy_rows, widen, 0, 0, NULL, NULL,
+    "portable", prep_size, prep_x, dot_rows, axpy_rows, widen, 0, 0, NULL, NULL, NULL,
     add, vmax, exp_sum, scale, silu_mul, silu, gelu_tanh, attn_scores, attn_values,
 };
 

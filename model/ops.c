@@ -5,13 +5,15 @@
  * in its stored dtype (bf16/f16/f32) and widens it in registers, so the bytes
  * read are the bytes stored, each thread streaming its own contiguous share
  * of the rows.  Prefill and the vision encoder multiply many rows: there the
- * work is compute bound, so the weight is widened to float one tile of
- * GEMM_TILE outputs at a time (a per-thread buffer, never a float copy of the
- * model) and handed to OpenBLAS sgemm, single-threaded, while our pool runs
- * the tiles in parallel; each tile is widened once and serves every row.
- * Tiles have a fixed size, so each output comes from the same sgemm call
- * whatever the thread count.  matmul_batch runs several products (q/k/v,
- * gate/up, the routed experts) in a single pass of the pool.
+ * work is compute bound.  With AVX-512 the kernels' own register-blocked
+ * product runs it (x packed once per product, each tile of weights widened
+ * and packed once and used for every row); elsewhere each tile is widened to
+ * float in a per-thread buffer and handed to OpenBLAS sgemm, single-threaded,
+ * while our pool runs the tiles.  Work is split by fixed tiles of outputs, so
+ * each output is computed the same way whatever the thread count.
+ * matmul_batch runs several products (q/k/v, gate/up, the routed experts) in
+ * a single pass of the pool.  Attention over many queries uses the same
+ * packed product (or sgemm) for its two products.
  *
  * The innermost loops live in kernel tables (kernels.h): AVX-512, AVX2 or
  * portable C, the best the CPU has picked at run time. */
@@ -28,9 +30,9 @@
 #include "threadpool.h"
 #include "quant.h"
 
-/* Outputs per sgemm call: larger tiles repack the activations less often,
- * smaller ones spread small matrices over more threads.  Fixed, so results
- * never depend on the thread count. */
+/* Outputs per work item of a matrix-matrix product: larger tiles repack the
+ * activations (sgemm) less often, smaller ones spread small matrices over
+ * more threads.  Fixed, so results never depend on the thread count. */
 #define GEMM_TILE 128
 #define VEC_UNIT 16       /* outputs per work item of a matrix-vector product */
 #define XP_STACK 16384    /* prepared-x floats kept on the stack */
@@ -68,10 +70,12 @@ int ops_force_kernel(const char *name) {
 void ops_force_portable(int on) { ops_force_kernel(on ? "portable" : NULL); }
 
 const char *ops_openblas_coretype(void) {
+#if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) return "SkylakeX";
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
+#endif
     return NULL;
 }
 
@@ -144,31 +148,36 @@ static void gemm_tile(const ops_kernels *k, const part *p, int o0, int cnt, floa
 
 /* ---- the kernels' own matrix-matrix product (when the table has one)
  *
- * BLIS-style: x is packed once per product into row groups of gemm_mr
- * (pack_a), each tile's weights are widened and packed per block of GEMM_KC
- * inputs into panels of gemm_nr outputs (the table's pack_b), and the
- * register kernel walks the row groups of one block of GEMM_MC rows (kept in
- * L2) for each panel (kept in L1).  Every output is one FMA chain over the
- * inputs in order, so a row's result depends neither on the thread count nor
- * on how many rows are multiplied together. */
+ * BLIS-style: x is packed once per product into groups of gemm_mr rows
+ * (pack_a); each tile's weights are widened and packed into panels of gemm_nr
+ * outputs (the table's pack_b); the register kernel then walks blocks of
+ * GEMM_MC rows (kept in L2) by blocks of GEMM_KC inputs, panel by panel (kept
+ * in L1).  Every output is one FMA chain over the inputs in order, so a row's
+ * result depends neither on the thread count nor on how many rows are
+ * multiplied together. */
 
 #define GEMM_KC 256
-#define GEMM_MC 384
+#define GEMM_MC 192
 
 static int padded_rows(const ops_kernels *k, int n) { return (n + k->gemm_mr - 1) / k->gemm_mr * k->gemm_mr; }
 
-/* Row groups [g0, g1) of x [n, in] into ap: per block of GEMM_KC inputs (at
- * pc * padded rows), group g at g * mr * kcb, laid out [k][mr], zero past n. */
-static void pack_a(float *ap, const float *x, int n, int in, int mr, int g0, int g1) {
-    int mpad = (n + mr - 1) / mr * mr;
+/* Row groups [g0, g1) of x [n, in] (rows lda apart) into ap: per block of
+ * GEMM_KC inputs (at pc * padded rows), group g at g * mr * kcb, laid out
+ * [k][mr], zero past n. */
+static void pack_a(const ops_kernels *k, float *ap, const float *x, int lda, int n, int in, int g0, int g1) {
+    int mr = k->gemm_mr, mpad = (n + mr - 1) / mr * mr;
     for (int pc = 0; pc < in; pc += GEMM_KC) {
         int kcb = in - pc < GEMM_KC ? in - pc : GEMM_KC;
         for (int g = g0; g < g1; g++) {
             float *dst = ap + (size_t)pc * mpad + (size_t)g * mr * kcb;
+            if (k->gemm_pack_a) {
+                k->gemm_pack_a(dst, x + (size_t)g * mr * lda + pc, lda, n - g * mr < mr ? n - g * mr : mr, kcb);
+                continue;
+            }
             for (int m = 0; m < mr; m++) {
                 int row = g * mr + m;
                 if (row < n) {
-                    const float *src = x + (size_t)row * in + pc;
+                    const float *src = x + (size_t)row * lda + pc;
                     for (int k = 0; k < kcb; k++) dst[(size_t)k * mr + m] = src[k];
                 } else {
                     for (int k = 0; k < kcb; k++) dst[(size_t)k * mr + m] = 0.0f;
@@ -189,30 +198,37 @@ static void pack_units(void *arg, int begin, int end) {
     pack_job *j = arg;
     for (int i = 0, first = 0; i < j->count; first += j->groups[i], i++) {
         int lo = begin > first ? begin - first : 0, hi = end - first < j->groups[i] ? end - first : j->groups[i];
-        if (lo < hi) pack_a(j->parts[i]->ap, j->parts[i]->x, j->parts[i]->n, j->parts[i]->w->in, j->k->gemm_mr, lo, hi);
+        if (lo < hi) pack_a(j->k, j->parts[i]->ap, j->parts[i]->x, j->parts[i]->w->in, j->parts[i]->n, j->parts[i]->w->in, lo, hi);
     }
 }
 
-/* One tile of outputs [o0, o0 + cnt) over every row; bt: GEMM_TILE * GEMM_KC floats. */
+/* One tile of outputs [o0, o0 + cnt) over every row.  The tile's weights are
+ * widened and packed first (bt: GEMM_TILE * in floats, panel q at q*nr*in,
+ * input block pc at pc*nr within it); then each block of GEMM_MC rows walks
+ * every input block, so its outputs stay in L2 until they are done. */
 static void own_gemm_tile(const ops_kernels *k, const part *p, int o0, int cnt, float *bt) {
     const qvl_weight *w = p->w;
     int in = w->in, out = w->out, n = p->n, mr = k->gemm_mr, nr = k->gemm_nr;
     int mpad = padded_rows(k, n), panels = (cnt + nr - 1) / nr;
     size_t es = qvl_dtype_size(w->dtype);
-    for (int pc = 0; pc < in; pc += GEMM_KC) {
-        int kcb = in - pc < GEMM_KC ? in - pc : GEMM_KC;
-        for (int q = 0; q < panels; q++) {
-            int o = o0 + q * nr, c = cnt - q * nr < nr ? cnt - q * nr : nr;
+    for (int q = 0; q < panels; q++) {
+        int o = o0 + q * nr, c = cnt - q * nr < nr ? cnt - q * nr : nr;
+        for (int pc = 0; pc < in; pc += GEMM_KC) {
+            int kcb = in - pc < GEMM_KC ? in - pc : GEMM_KC;
             size_t at = w->in_major ? (size_t)pc * (size_t)w->ld + (size_t)o : (size_t)o * (size_t)w->ld + (size_t)pc;
-            k->gemm_pack_b(bt + (size_t)q * kcb * nr, (const char *)w->data + at * es, w->dtype, w->ld, w->in_major, c, kcb);
+            k->gemm_pack_b(bt + (size_t)q * nr * in + (size_t)pc * nr, (const char *)w->data + at * es, w->dtype,
+                           w->ld, w->in_major, c, kcb);
         }
-        const float *ablock = p->ap + (size_t)pc * mpad;
-        for (int ic = 0; ic < mpad; ic += GEMM_MC) {
-            int iend = ic + GEMM_MC < mpad ? ic + GEMM_MC : mpad;
+    }
+    for (int ic = 0; ic < mpad; ic += GEMM_MC) {
+        int iend = ic + GEMM_MC < mpad ? ic + GEMM_MC : mpad;
+        for (int pc = 0; pc < in; pc += GEMM_KC) {
+            int kcb = in - pc < GEMM_KC ? in - pc : GEMM_KC;
+            const float *ablock = p->ap + (size_t)pc * mpad;
             for (int q = 0; q < panels; q++) {
                 int c = cnt - q * nr < nr ? cnt - q * nr : nr;
                 for (int ir = ic; ir < iend; ir += mr)
-                    k->gemm_kernel(kcb, ablock + (size_t)ir * kcb, bt + (size_t)q * kcb * nr,
+                    k->gemm_kernel(kcb, ablock + (size_t)ir * kcb, bt + (size_t)q * nr * in + (size_t)pc * nr,
                                    p->y + (size_t)ir * out + o0 + q * nr, out, pc > 0, n - ir < mr ? n - ir : mr, c);
             }
         }
@@ -233,7 +249,7 @@ static void product_units(void *arg, int begin, int end) {
             matvec_range(j->k, p, lo * us, hi * us < out ? hi * us : out);
             continue;
         }
-        size_t need = j->k->gemm_mr ? (size_t)us * GEMM_KC
+        size_t need = j->k->gemm_mr ? (size_t)us * (size_t)p->w->in
                     : p->w->dtype == QVL_F32 ? 0 : (size_t)us * (size_t)p->w->in;
         if (need > cap) {
             free(buf);
@@ -286,22 +302,27 @@ static void run_batch(const qvl_product *ps, int count) {
     }
     float *packed = NULL;
     if (gemm && j.k->gemm_mr) {
-        /* x packed once per distinct input (q/k/v share it), in parallel. */
+        /* x packed once per distinct input (q/k/v share it), in parallel:
+         * owner[i] is the first part with part i's input. */
         pack_job pj = { .count = 0, .total = 0, .k = j.k };
+        int owner[MAX_BATCH];
         size_t size = 0;
         for (int i = 0; i < j.nparts; i++) {
-            part *p = &j.parts[i];
+            const part *p = &j.parts[i];
+            owner[i] = i;
             if (p->n == 1) continue;
-            for (int e = 0; e < i && !p->ap; e++)
-                if (j.parts[e].ap && j.parts[e].x == p->x && j.parts[e].n == p->n && j.parts[e].w->in == p->w->in)
-                    p->ap = j.parts[e].ap;
-            if (!p->ap) size += (size_t)padded_rows(j.k, p->n) * (size_t)p->w->in;
+            for (int e = 0; e < i && owner[i] == i; e++) {
+                const part *o = &j.parts[e];
+                if (o->n > 1 && o->x == p->x && o->n == p->n && o->w->in == p->w->in) owner[i] = e;
+            }
+            if (owner[i] == i) size += (size_t)padded_rows(j.k, p->n) * (size_t)p->w->in;
         }
         if (size && !(packed = malloc(size * sizeof(float)))) abort();
         float *at = packed;
         for (int i = 0; i < j.nparts; i++) {
             part *p = &j.parts[i];
-            if (p->n == 1 || p->ap) continue;
+            if (p->n == 1) continue;
+            if (owner[i] != i) { p->ap = j.parts[owner[i]].ap; continue; }
             p->ap = at;
             at += (size_t)padded_rows(j.k, p->n) * (size_t)p->w->in;
             pj.parts[pj.count] = p;
@@ -341,12 +362,65 @@ void matmul_batch(const qvl_product *ps, int count) {
 
 /* ---------------------------------------------------------------- elementwise */
 
-void add_bias(float *y, const float *b, int n, int cols) {
-    const ops_kernels *k = kernels();
-    for (int r = 0; r < n; r++) k->add(y + (size_t)r * cols, b, cols);
+/* Large elementwise operations run in fixed chunks over the pool; every
+ * element is computed the same way whichever thread has its chunk. */
+#define ELEM_CHUNK 16384
+
+enum { OP_ADD, OP_SILU, OP_SILU_MUL, OP_GELU_TANH, OP_GELU_ERF };
+
+typedef struct {
+    int op;
+    float *y;
+    const float *x;
+    size_t n;
+    const ops_kernels *k;
+} elem_job;
+
+static void gelu_erf_range(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.7071067811865476f));
 }
 
-void add_inplace(float *y, const float *x, int n) { kernels()->add(y, x, n); }
+static void elem_chunks(void *arg, int begin, int end) {
+    elem_job *j = arg;
+    size_t lo = (size_t)begin * ELEM_CHUNK, hi = (size_t)end * ELEM_CHUNK < j->n ? (size_t)end * ELEM_CHUNK : j->n;
+    float *y = j->y + lo;
+    const float *x = j->x ? j->x + lo : NULL;
+    int cnt = (int)(hi - lo);
+    switch (j->op) {
+    case OP_ADD: j->k->add(y, x, cnt); break;
+    case OP_SILU: j->k->silu(y, cnt); break;
+    case OP_SILU_MUL: j->k->silu_mul(y, x, cnt); break;
+    case OP_GELU_TANH: j->k->gelu_tanh(y, cnt); break;
+    default: gelu_erf_range(y, hi - lo); break;
+    }
+}
+
+static void elementwise(int op, float *y, const float *x, size_t n) {
+    if (!n) return;
+    elem_job j = { op, y, x, n, kernels() };
+    parallel_for((int)((n + ELEM_CHUNK - 1) / ELEM_CHUNK), elem_chunks, &j);
+}
+
+typedef struct {
+    float *y;
+    const float *x, *w, *b;
+    int dim;
+    float eps;
+    const ops_kernels *k;
+} rows_job;
+
+static void bias_rows(void *arg, int begin, int end) {
+    rows_job *j = arg;
+    for (int r = begin; r < end; r++) j->k->add(j->y + (size_t)r * j->dim, j->b, j->dim);
+}
+
+void add_bias(float *y, const float *b, int n, int cols) {
+    rows_job j = { y, NULL, NULL, b, cols, 0, kernels() };
+    if ((size_t)n * cols <= ELEM_CHUNK) bias_rows(&j, 0, n);
+    else parallel_for(n, bias_rows, &j);
+}
+
+void add_inplace(float *y, const float *x, int n) { elementwise(OP_ADD, y, x, (size_t)n); }
 
 /* The reductions are summed in double: cheap at these sizes, and it keeps us
  * at the exact value rather than at one particular float rounding of it. */
@@ -367,21 +441,43 @@ void layernorm(float *y, const float *x, const float *w, const float *b, int dim
     for (int i = 0; i < dim; i++) y[i] = (x[i] - m) * inv * w[i] + b[i];
 }
 
-static void softmax_with(const ops_kernels *k, float *x, int n) {
+static void rmsnorm_range(void *arg, int begin, int end) {
+    rows_job *j = arg;
+    for (int r = begin; r < end; r++)
+        rmsnorm(j->y + (size_t)r * j->dim, j->x + (size_t)r * j->dim, j->w, j->dim, j->eps);
+}
+
+static void layernorm_range(void *arg, int begin, int end) {
+    rows_job *j = arg;
+    for (int r = begin; r < end; r++)
+        layernorm(j->y + (size_t)r * j->dim, j->x + (size_t)r * j->dim, j->w, j->b, j->dim, j->eps);
+}
+
+void rmsnorm_rows(float *y, const float *x, const float *w, int rows, int dim, float eps) {
+    rows_job j = { y, x, w, NULL, dim, eps, NULL };
+    parallel_for(rows, rmsnorm_range, &j);
+}
+
+void layernorm_rows(float *y, const float *x, const float *w, const float *b, int rows, int dim, float eps) {
+    rows_job j = { y, x, w, b, dim, eps, NULL };
+    parallel_for(rows, layernorm_range, &j);
+}
+
+/* softmax(scale * x), scale > 0 */
+static void softmax_scaled(const ops_kernels *k, float *x, int n, float scale) {
     if (n <= 0) return;
-    float sum = k->exp_sum(x, n, k->max(x, n));
+    float sum = k->exp_sum(x, n, k->max(x, n), scale);
     k->scale(x, n, 1.0f / sum);
 }
 
+static void softmax_with(const ops_kernels *k, float *x, int n) { softmax_scaled(k, x, n, 1.0f); }
+
 void softmax(float *x, int n) { softmax_with(kernels(), x, n); }
 
-void silu(float *x, int n) { kernels()->silu(x, n); }
-void silu_mul(float *g, const float *u, int n) { kernels()->silu_mul(g, u, n); }
-void gelu_tanh(float *x, int n) { kernels()->gelu_tanh(x, n); }
-
-void gelu_erf(float *x, int n) {
-    for (int i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.7071067811865476f));
-}
+void silu(float *x, int n) { elementwise(OP_SILU, x, NULL, (size_t)n); }
+void silu_mul(float *g, const float *u, int n) { elementwise(OP_SILU_MUL, g, u, (size_t)n); }
+void gelu_tanh(float *x, int n) { elementwise(OP_GELU_TANH, x, NULL, (size_t)n); }
+void gelu_erf(float *x, int n) { elementwise(OP_GELU_ERF, x, NULL, (size_t)n); }
 
 void rope_rotate_half(float *x, const float *cos, const float *sin, int dim) {
     int half = dim / 2;
@@ -407,17 +503,107 @@ void attend(float *out, const float *q, const float *k, const float *v, int n, i
     attend_group(out, q, 1, k, v, n, stride, dim, scale, scores);
 }
 
+/* ---- attention over a block of queries
+ *
+ * With the kernels' own matrix-matrix product, one call packs the head's keys
+ * (as the B of Q.K^T) and values (as the B of P.V) once and walks the queries
+ * ATTEND_QBLOCK at a time: scores for the keys the block can see, softmax,
+ * then the weighted values.  Without it, two sgemm per block. */
+
+/* c[m, 0..n) = a[m, :kdim] . B (packed B: panels of nr columns, kdim deep in
+ * blocks of GEMM_KC) for m < rows; a packed by pack_a. */
+static void packed_product(const ops_kernels *k, float *c, int ldc, const float *ap, int rows, const float *bp,
+                           int n, int kdim) {
+    int mr = k->gemm_mr, nr = k->gemm_nr, mpad = padded_rows(k, rows);
+    for (int pc = 0; pc < kdim; pc += GEMM_KC) {
+        int kcb = kdim - pc < GEMM_KC ? kdim - pc : GEMM_KC;
+        for (int q = 0; q * nr < n; q++) {
+            const float *panel = bp + (size_t)q * nr * kdim + (size_t)pc * nr;
+            int cnt = n - q * nr < nr ? n - q * nr : nr;
+            for (int ir = 0; ir < mpad; ir += mr)
+                k->gemm_kernel(kcb, ap + (size_t)pc * mpad + (size_t)ir * kcb, panel, c + (size_t)ir * ldc + q * nr, ldc,
+                               pc > 0, rows - ir < mr ? rows - ir : mr, cnt);
+        }
+    }
+}
+
+/* B panels of a float matrix: `n` columns by kdim, column j of panel q at
+ * panel q, blocks of GEMM_KC deep (see packed_product).  Out-major: column j
+ * is row j of m (a key); in-major: row kk of m holds the columns (a value row). */
+static void pack_panels(const ops_kernels *k, float *bp, const float *m, int ld, int in_major, int n, int kdim) {
+    int nr = k->gemm_nr;
+    for (int q = 0; q * nr < n; q++) {
+        int cnt = n - q * nr < nr ? n - q * nr : nr;
+        for (int pc = 0; pc < kdim; pc += GEMM_KC) {
+            int kcb = kdim - pc < GEMM_KC ? kdim - pc : GEMM_KC;
+            const float *src = in_major ? m + (size_t)pc * ld + (size_t)q * nr : m + (size_t)q * nr * ld + pc;
+            k->gemm_pack_b(bp + (size_t)q * nr * kdim + (size_t)pc * nr, src, QVL_F32, ld, in_major, cnt, kcb);
+        }
+    }
+}
+
+/* Rows of scores: scale, softmax over the visible prefix, zeros after it (up
+ * to `width` columns). */
+static void softmax_rows(const ops_kernels *kt, float *scores, int ld, int nq, int nk, int width, float scale,
+                         int causal_past) {
+    for (int i = 0; i < nq; i++) {
+        float *row = scores + (size_t)i * ld;
+        int visible = causal_past < 0 ? nk : causal_past + i + 1;
+        if (visible > nk) visible = nk;
+        softmax_scaled(kt, row, visible, scale);
+        if (width > visible) memset(row + visible, 0, (size_t)(width - visible) * sizeof(float));
+    }
+}
+
+static void attend_packed(const ops_kernels *kt, float *out, int ldo, const float *q, int ldq, const float *k,
+                          const float *v, int ldk, int nq, int nk, int dim, float scale, int causal_past,
+                          float *scores) {
+    int nr = kt->gemm_nr, qb = nq < ATTEND_QBLOCK ? nq : ATTEND_QBLOCK;
+    size_t kpad = (size_t)(nk + nr - 1) / nr * nr, dpad = (size_t)(dim + nr - 1) / nr * nr;
+    size_t apad = (size_t)padded_rows(kt, qb);
+    float *kp = malloc(sizeof(float) * kpad * dim), *vp = malloc(sizeof(float) * dpad * nk);
+    float *ap = malloc(sizeof(float) * apad * (dim > nk ? dim : nk));
+    if (!kp || !vp || !ap) abort();       /* a few MB at most */
+    pack_panels(kt, kp, k, ldk, 0, nk, dim);
+    pack_panels(kt, vp, v, ldk, 1, dim, nk);
+    for (int i0 = 0; i0 < nq; i0 += qb) {
+        int rows = nq - i0 < qb ? nq - i0 : qb;
+        /* The keys this block can see: all, or up to its last query's. */
+        int seen = causal_past < 0 ? nk : causal_past + i0 + rows;
+        if (seen > nk) seen = nk;
+        pack_a(kt, ap, q + (size_t)i0 * ldq, ldq, rows, dim, 0, padded_rows(kt, rows) / kt->gemm_mr);
+        packed_product(kt, scores, seen, ap, rows, kp, seen, dim);
+        softmax_rows(kt, scores, seen, rows, seen, seen, scale, causal_past < 0 ? -1 : causal_past + i0);
+        pack_a(kt, ap, scores, seen, rows, seen, 0, padded_rows(kt, rows) / kt->gemm_mr);
+        /* V's panels are packed nk deep; the first `seen` rows of each are the visible keys. */
+        for (int pc = 0; pc < seen; pc += GEMM_KC) {
+            int kcb = seen - pc < GEMM_KC ? seen - pc : GEMM_KC, mr = kt->gemm_mr, mpad = padded_rows(kt, rows);
+            for (int qd = 0; qd * nr < dim; qd++) {
+                const float *panel = vp + (size_t)qd * nr * nk + (size_t)pc * nr;
+                int cnt = dim - qd * nr < nr ? dim - qd * nr : nr;
+                for (int ir = 0; ir < mpad; ir += mr)
+                    kt->gemm_kernel(kcb, ap + (size_t)pc * mpad + (size_t)ir * kcb, panel,
+                                    out + (size_t)(i0 + ir) * ldo + qd * nr, ldo, pc > 0, rows - ir < mr ? rows - ir : mr, cnt);
+            }
+        }
+    }
+    free(kp);
+    free(vp);
+    free(ap);
+}
+
 void attend_block(float *out, int ldo, const float *q, int ldq, const float *k, const float *v, int ldk,
                   int nq, int nk, int dim, float scale, int causal_past, float *scores) {
     const ops_kernels *kt = kernels();
+    if (nq <= 0 || nk <= 0) return;
+    if (kt->gemm_mr) { attend_packed(kt, out, ldo, q, ldq, k, v, ldk, nq, nk, dim, scale, causal_past, scores); return; }
     pthread_once(&blas_once, blas_single_threaded);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, dim, scale, q, ldq, k, ldk, 0.0f, scores, nk);
-    for (int i = 0; i < nq; i++) {
-        float *row = scores + (size_t)i * nk;
-        int visible = causal_past < 0 ? nk : causal_past + i + 1;
-        if (visible > nk) visible = nk;
-        softmax_with(kt, row, visible);
-        memset(row + visible, 0, (size_t)(nk - visible) * sizeof(float));
+    for (int i0 = 0; i0 < nq; i0 += ATTEND_QBLOCK) {
+        int rows = nq - i0 < ATTEND_QBLOCK ? nq - i0 : ATTEND_QBLOCK;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, nk, dim, scale, q + (size_t)i0 * ldq, ldq, k, ldk,
+                    0.0f, scores, nk);
+        softmax_rows(kt, scores, nk, rows, nk, nk, 1.0f, causal_past < 0 ? -1 : causal_past + i0);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, dim, nk, 1.0f, scores, nk, v, ldk, 0.0f,
+                    out + (size_t)i0 * ldo, ldo);
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, dim, nk, 1.0f, scores, nk, v, ldk, 0.0f, out, ldo);
 }

@@ -37,9 +37,13 @@ void add_inplace(float *y, const float *x, int n);
 /* One vector of `dim` values (x and y may alias). */
 void rmsnorm(float *y, const float *x, const float *w, int dim, float eps);
 void layernorm(float *y, const float *x, const float *w, const float *b, int dim, float eps);
+/* The same over `rows` vectors dim apart, spread over the thread pool. */
+void rmsnorm_rows(float *y, const float *x, const float *w, int rows, int dim, float eps);
+void layernorm_rows(float *y, const float *x, const float *w, const float *b, int rows, int dim, float eps);
 void softmax(float *x, int n);
 
-/* In place over n values. */
+/* In place over n values (large n spread over the thread pool; add_bias and
+ * add_inplace too). */
 void silu(float *x, int n);
 void silu_mul(float *g, const float *u, int n);   /* g = silu(g) * u (SwiGLU) */
 void gelu_tanh(float *x, int n);      /* gelu_pytorch_tanh */
@@ -59,11 +63,15 @@ void attend(float *out, const float *q, const float *k, const float *v, int n, i
 void attend_group(float *out, const float *q, int group, const float *k, const float *v, int n, int stride,
                   int dim, float scale, float *scores);
 
-/* One attention head for a block of nq queries, through sgemm:
+/* One attention head for nq queries:
  *   out[i] = sum_j softmax_j(scale * q_i.k_j) v_j,  j < visible(i)
  * visible(i) = nk for full attention (causal_past < 0), else causal_past + i + 1
  * (query i sits right after causal_past cached tokens).  q, k, v, out rows
- * are ldq, ldk (k and v), ldo floats apart.  scores: nq*nk floats of scratch. */
+ * are ldq, ldk (k and v), ldo floats apart.  The keys and values are prepared
+ * once per call, so a call should cover all of a head's queries; they are
+ * scored ATTEND_QBLOCK at a time.  scores: min(nq, ATTEND_QBLOCK) * nk floats
+ * of scratch. */
+#define ATTEND_QBLOCK 96
 void attend_block(float *out, int ldo, const float *q, int ldq, const float *k, const float *v, int ldk,
                   int nq, int nk, int dim, float scale, int causal_past, float *scores);
 

@@ -101,9 +101,8 @@ static void rotary_tables(float *cos_t, float *sin_t, const vdims *d, const qvl_
 
 /* ---------------------------------------------------------------- attention */
 
-#define QBLOCK 64      /* queries per sgemm: bounds the score buffer at QBLOCK x frame */
-
-/* A block of queries and the frame (image, time step) they attend over. */
+/* The queries of one frame (image, time step) and the frame they attend over:
+ * a whole frame per call, so that its keys and values are prepared once. */
 typedef struct { int q0, nq, k0, nk; } qblock;
 
 typedef struct {
@@ -114,11 +113,12 @@ typedef struct {
     int max_len;
 } vattn_job;
 
-/* Items are (query block, head) pairs. */
+/* Items are (frame, head) pairs. */
 static void vision_attention_items(void *p, int begin, int end) {
     vattn_job *j = p;
     const vdims *d = j->d;
-    float *scores = malloc(sizeof(float) * (size_t)QBLOCK * (size_t)j->max_len);
+    int qb = j->max_len < ATTEND_QBLOCK ? j->max_len : ATTEND_QBLOCK;
+    float *scores = malloc(sizeof(float) * (size_t)qb * (size_t)j->max_len);
     if (!scores) abort();
     int stride = 3 * d->vh;
     float scale = 1.0f / sqrtf((float)d->hd);
@@ -144,8 +144,7 @@ static int merge_patches(const qvl_merger *mg, const float *x, const vdims *d, f
     float *hid = malloc(sizeof(float) * (size_t)rows * mh);
     if (!buf || !hid) { free(buf); free(hid); qvl_seterr(err, "out of memory in the vision merger"); return -1; }
     int nd = mg->norm_dim, nrows = (int)((size_t)rows * mh / nd);
-    for (int r = 0; r < nrows; r++)
-        layernorm(buf + (size_t)r * nd, x + (size_t)r * nd, mg->norm_w, mg->norm_b, nd, 1e-6f);
+    layernorm_rows(buf, x, mg->norm_w, mg->norm_b, nrows, nd, 1e-6f);
     matmul(hid, buf, &mg->fc1, rows);
     add_bias(hid, mg->fc1_b, rows, mg->fc1.out);
     gelu_erf(hid, rows * mg->fc1.out);
@@ -177,26 +176,39 @@ static void apply_activation(const char *act, float *x, int n) {
     else gelu_tanh(x, n);
 }
 
+/* The 2-D rotary embedding on q and k of patches [begin, end). */
+typedef struct {
+    vscratch *s;
+    const vdims *d;
+} rotate_job;
+
+static void rotate_rows(void *p, int begin, int end) {
+    rotate_job *j = p;
+    const vdims *d = j->d;
+    for (int r = begin; r < end; r++) {
+        const float *cs = j->s->cos + (size_t)r * d->hd, *sn = j->s->sin + (size_t)r * d->hd;
+        for (int h = 0; h < d->heads; h++) {
+            float *q = j->s->qkv + (size_t)r * 3 * d->vh + h * d->hd;
+            rope_rotate_half(q, cs, sn, d->hd);
+            rope_rotate_half(q + d->vh, cs, sn, d->hd);
+        }
+    }
+}
+
 static void vision_block(const qvl_vision_block *b, const char *act, float *x, const vdims *d, vscratch *s) {
     int np = d->np, vh = d->vh;
-    for (int r = 0; r < np; r++)
-        layernorm(s->xn + (size_t)r * vh, x + (size_t)r * vh, b->norm1_w, b->norm1_b, vh, 1e-6f);
+    layernorm_rows(s->xn, x, b->norm1_w, b->norm1_b, np, vh, 1e-6f);
     matmul(s->qkv, s->xn, &b->qkv, np);
     add_bias(s->qkv, b->qkv_b, np, 3 * vh);
-    for (int r = 0; r < np; r++)
-        for (int h = 0; h < d->heads; h++) {
-            float *q = s->qkv + (size_t)r * 3 * vh + h * d->hd;
-            rope_rotate_half(q, s->cos + (size_t)r * d->hd, s->sin + (size_t)r * d->hd, d->hd);
-            rope_rotate_half(q + vh, s->cos + (size_t)r * d->hd, s->sin + (size_t)r * d->hd, d->hd);
-        }
+    rotate_job rj = { s, d };
+    parallel_for(np, rotate_rows, &rj);
     vattn_job job = { s->qkv, s->att, s->blocks, d, s->max_len };
     parallel_for(s->nblocks * d->heads, vision_attention_items, &job);
     matmul(s->tmp, s->att, &b->proj, np);
     add_bias(s->tmp, b->proj_b, np, vh);
     add_inplace(x, s->tmp, np * vh);
 
-    for (int r = 0; r < np; r++)
-        layernorm(s->xn + (size_t)r * vh, x + (size_t)r * vh, b->norm2_w, b->norm2_b, vh, 1e-6f);
+    layernorm_rows(s->xn, x, b->norm2_w, b->norm2_b, np, vh, 1e-6f);
     matmul(s->mlp, s->xn, &b->fc1, np);
     add_bias(s->mlp, b->fc1_b, np, d->vi);
     apply_activation(act, s->mlp, np * d->vi);
@@ -247,7 +259,7 @@ static int check_inputs(const qvl_model *m, int n_patches, const qvl_grid *grids
     return 0;
 }
 
-/* Splits every frame of every image into blocks of up to QBLOCK queries. */
+/* One query block per frame of every image. */
 static void query_blocks(vscratch *s, const qvl_grid *grids, int n_images) {
     s->nblocks = 0;
     s->max_len = 0;
@@ -255,8 +267,7 @@ static void query_blocks(vscratch *s, const qvl_grid *grids, int n_images) {
         int len = grids[im].h * grids[im].w;
         if (len > s->max_len) s->max_len = len;
         for (int t = 0; t < grids[im].t; t++, row += len)
-            for (int q = 0; q < len; q += QBLOCK)
-                s->blocks[s->nblocks++] = (qblock){ row + q, len - q < QBLOCK ? len - q : QBLOCK, row, len };
+            s->blocks[s->nblocks++] = (qblock){ row, len, row, len };
     }
 }
 
@@ -285,9 +296,9 @@ int vision_encode(const qvl_model *m, const float *pixels, int n_patches,
     s.mlp = malloc(sizeof(float) * (size_t)d.np * d.vi);
     s.cos = malloc(sizeof(float) * (size_t)d.np * d.hd);
     s.sin = malloc(sizeof(float) * (size_t)d.np * d.hd);
-    long frames = 0;     /* each frame adds at most one partial block */
+    long frames = 0;
     for (int i = 0; i < n_images; i++) frames += grids[i].t;
-    s.blocks = malloc(sizeof(qblock) * (size_t)(d.np / QBLOCK + frames + 1));
+    s.blocks = malloc(sizeof(qblock) * (size_t)frames);
     out->n_tokens = d.np / d.unit;
     out->dim = vc->out_hidden;
     out->n_deepstack = vc->n_deepstack;

@@ -96,15 +96,16 @@ static void check_product(const float *y, const float *x, const test_weight *tw,
 }
 
 /* Shapes: partial vectors (45, 70), several input blocks and output tiles
- * (300, 260), rows around the 12-row register tile. */
+ * (300, 260), more outputs than one in-major accumulator block (2100), rows
+ * around the 12-row register tile. */
 START_TEST(matmul_matches_reference) {
-    static const int shapes[][2] = { { 70, 45 }, { 33, 64 }, { 260, 300 } };   /* out, in */
+    static const int shapes[][2] = { { 70, 45 }, { 33, 64 }, { 260, 300 }, { 2100, 37 } };   /* out, in */
     static const int rows[] = { 1, 2, 13, 30 };
     qvl_dtype types[3] = { QVL_F32, QVL_F16, QVL_BF16 };
     if (!use_kernel(_i)) return;
     uint32_t seed = 11;
     char what[128];
-    for (int s = 0; s < 3; s++)
+    for (int s = 0; s < 4; s++)
         for (int ti = 0; ti < 3; ti++)
             for (int in_major = 0; in_major < 2; in_major++) {
                 test_weight tw = make_weight(types[ti], shapes[s][0], shapes[s][1], in_major, &seed);
