@@ -164,14 +164,21 @@ static void parse_vision(reader *r, const cJSON *v, qvl_config *c) {
         fail_key(r, "out_hidden_size", "must equal text_config.hidden_size");
 }
 
-int config_parse(const char *json, const char *label, qvl_config *c, char *err) {
-    memset(c, 0, sizeof *c);
+/* The file's text as a JSON object, or NULL with the error naming the file. */
+static cJSON *parse_object(const char *json, const char *label, char *err) {
     cJSON *root = cJSON_Parse(json);
     if (!root || !cJSON_IsObject(root)) {
         qvl_seterr(err, "%s: not a valid JSON object", label);
         cJSON_Delete(root);
-        return -1;
+        return NULL;
     }
+    return root;
+}
+
+int config_parse(const char *json, const char *label, qvl_config *c, char *err) {
+    memset(c, 0, sizeof *c);
+    cJSON *root = parse_object(json, label, err);
+    if (!root) return -1;
     reader r = { .label = label, .prefix = "", .err = err };
     const cJSON *mt = get(root, "model_type");
     if (!cJSON_IsString(mt)) {
@@ -241,12 +248,8 @@ static void float3(reader *r, const cJSON *obj, const char *key, float *out) {
 
 int preproc_parse(const char *json, const char *label, qvl_preproc *p, char *err) {
     preproc_defaults(p);
-    cJSON *root = cJSON_Parse(json);
-    if (!root || !cJSON_IsObject(root)) {
-        qvl_seterr(err, "%s: not a valid JSON object", label);
-        cJSON_Delete(root);
-        return -1;
-    }
+    cJSON *root = parse_object(json, label, err);
+    if (!root) return -1;
     reader r = { .label = label, .prefix = "", .err = err };
     const cJSON *size = get(root, "size");
     if (cJSON_IsObject(size) && get(size, "shortest_edge")) {
@@ -295,12 +298,8 @@ static void opt_float(reader *r, const cJSON *obj, const char *key, int *has, fl
 
 int genconfig_parse(const char *json, const char *label, qvl_genconfig *g, char *err) {
     memset(g, 0, sizeof *g);
-    cJSON *root = cJSON_Parse(json);
-    if (!root || !cJSON_IsObject(root)) {
-        qvl_seterr(err, "%s: not a valid JSON object", label);
-        cJSON_Delete(root);
-        return -1;
-    }
+    cJSON *root = parse_object(json, label, err);
+    if (!root) return -1;
     reader r = { .label = label, .prefix = "", .err = err };
     const cJSON *eos = get(root, "eos_token_id");
     if (cJSON_IsNumber(eos)) {

@@ -239,6 +239,20 @@ static int png_decode_into(png_structp png, png_infop info, png_job *job) {
     return 0;
 }
 
+/* A decoded picture into img: trims the buffer to RGB and applies the EXIF orientation. */
+static int finish_decoded(qvl_image *img, uint8_t *pixels, int width, int height, int orientation,
+                          const char *label, char *err) {
+    uint8_t *rgb = realloc(pixels, (size_t)width * height * 3);
+    img->rgb = rgb ? rgb : pixels;
+    img->width = width;
+    img->height = height;
+    if (apply_orientation(img, orientation, label, err) != 0) {
+        image_free(img);
+        return -1;
+    }
+    return 0;
+}
+
 static int decode_png(const uint8_t *data, size_t size, const char *label, qvl_alpha alpha,
                       qvl_image *img, char *err) {
     png_job job = { .data = data, .size = size, .label = label, .err = err,
@@ -258,15 +272,7 @@ static int decode_png(const uint8_t *data, size_t size, const char *label, qvl_a
         if (!job.too_big) qvl_seterr(err, "%s: invalid PNG: %s", label, job.msg);
         return -1;
     }
-    uint8_t *rgb = realloc(job.pixels, (size_t)job.width * job.height * 3);
-    img->rgb = rgb ? rgb : job.pixels;
-    img->width = job.width;
-    img->height = job.height;
-    if (apply_orientation(img, job.orientation, label, err) != 0) {
-        image_free(img);
-        return -1;
-    }
-    return 0;
+    return finish_decoded(img, job.pixels, job.width, job.height, job.orientation, label, err);
 }
 
 /* ------------------------------------------------------------------- JPEG */
@@ -380,15 +386,7 @@ static int decode_jpeg(const uint8_t *data, size_t size, const char *label, qvl_
         if (!job.too_big) qvl_seterr(err, "%s: invalid JPEG: %s", label, job.jerr.msg);
         return -1;
     }
-    uint8_t *rgb = realloc(job.pixels, (size_t)job.width * job.height * 3);
-    img->rgb = rgb ? rgb : job.pixels;
-    img->width = job.width;
-    img->height = job.height;
-    if (apply_orientation(img, job.orientation, label, err) != 0) {
-        image_free(img);
-        return -1;
-    }
-    return 0;
+    return finish_decoded(img, job.pixels, job.width, job.height, job.orientation, label, err);
 }
 
 /* -------------------------------------------------------- other formats */
