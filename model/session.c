@@ -70,7 +70,6 @@ struct qvl_session {
     int system_len;                   /* tokens of the system prompt in the cache */
     int *closure_ids;                 /* <|im_end|>\n */
     int n_closure;
-    int banned[5];
 
     turn *turns;
     int nturns, capturns;
@@ -291,13 +290,11 @@ qvl_session *session_open(const qvl_session_opts *o, const qvl_session_hooks *ho
     s->sampler = sampler_new(vocab, &s->sampling, err);
     if (!s->sampler) goto fail;
     const qvl_config *c = &s->model->cfg;
-    int banned[5] = { c->vision_start_id, c->vision_end_id, c->vision_start_id + 2 /* <|vision_pad|> */,
+    /* The vision placeholders are never generated: start, end, pad (which the config
+     * does not name: looked up in the vocabulary), image pad, video pad. */
+    int vision_pad = tok_special_id(s->tok, "<|vision_pad|>");
+    int banned[5] = { c->vision_start_id, c->vision_end_id, vision_pad >= 0 ? vision_pad : c->image_token_id,
                       c->image_token_id, c->video_token_id };
-    /* <|vision_pad|> sits between vision_end and object refs in the Qwen vocabulary; in
-     * other vocabularies look it up by name. */
-    int vp = tok_special_id(s->tok, "<|vision_pad|>");
-    banned[2] = vp >= 0 ? vp : c->image_token_id;
-    memcpy(s->banned, banned, sizeof banned);
     sampler_ban(s->sampler, banned, 5);
     s->logits = malloc((size_t)vocab * sizeof *s->logits);
     if (!s->logits) {
