@@ -30,7 +30,7 @@ START_TEST(ask_about_a_picture) {
     term_keys(&t, "Enter");
     term_wait_free(&t, "[image: example_0.png 128x128]", 10);
     /* the picture is drawn after curses' refresh: wait for its half blocks */
-    char *s = term_wait(&t, "\xE2\x96\x80", 10);
+    char *s = term_wait_settled(&t, "\xE2\x96\x80", 10);
     free(s);
     term_type(&t, "Describe the image.");
     term_keys(&t, "Enter");

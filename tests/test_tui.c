@@ -368,7 +368,7 @@ START_TEST(tui_image_half_blocks) {
     free(s);
     /* 80x60 in a 78-cell wide, 16-row (32 half-pixel) box: height bound,
      * 32 px tall and 80*32/60 = 42.7 -> 43 px (cells) wide */
-    s = term_screen(&t, 1);
+    s = term_wait_settled(&t, "\xE2\x96\x80", 10);
     int rows = 0, first_row = -1, row = 0;
     for (char *line = s; line && *line; row++) {
         char *nl = strchr(line, '\n');
@@ -400,10 +400,7 @@ START_TEST(tui_image_half_blocks) {
     term_keys(&t, "PPage");
     term_wait_free(&t, "scrolled", 5);
     term_keys(&t, "NPage");
-    s = term_wait(&t, "Done.", 5);
-    free(s);
-    usleep(100000);
-    s = term_screen(&t, 1);
+    s = term_wait_settled(&t, "Done.", 10);
     rows = 0;
     for (char *p = s; (p = strstr(p, "\xE2\x96\x80")) != NULL; p += 3) rows++;
     ck_assert_msg(rows % 43 == 0, "%d half blocks on screen: a partial row remained", rows);
@@ -435,10 +432,13 @@ START_TEST(tui_image_sixel_stream) {
     ck_assert_msg(caption == 2 || caption == 3, "caption on row %d", caption);
     ck_assert_int_eq(row_of(s, "\xE2\x96\x80"), -1);               /* no half blocks */
     free(s);
-    usleep(200000);
     size_t len;
-    char *out = slurp(raw, &len);
-    char *dcs = memmem(out, len, "\033[1;3H\033P", 8);              /* CUP row 1, column 3, then DCS */
+    char *out = NULL, *dcs = NULL;
+    for (double end = qvl_now() + 10; !dcs && qvl_now() < end; usleep(50000)) {   /* drawn after refresh */
+        free(out);
+        out = slurp(raw, &len);
+        dcs = memmem(out, len, "\033[1;3H\033P", 8);               /* CUP row 1, column 3, then DCS */
+    }
     ck_assert_msg(dcs != NULL, "no sixel at row 1 column 3");
     char *q = memchr(dcs + 8, 'q', (size_t)(out + len - dcs - 8));
     char *st = memmem(dcs, (size_t)(out + len - dcs), "\033\\", 2);
@@ -515,10 +515,7 @@ START_TEST(tui_resize_and_tiny_terminal) {
     term_keys(&t, "NPage");
     term_type(&t, "again");
     term_keys(&t, "Enter");
-    s = term_wait(&t, "Done.", 10);
-    free(s);
-    usleep(100000);
-    s = term_screen(&t, 1);
+    s = term_wait_settled(&t, "Done.", 10);
     /* the picture, if on screen, fits the new width: no row wider than 30 cells of half blocks */
     for (char *line = s; line && *line;) {
         char *nl = strchr(line, '\n');

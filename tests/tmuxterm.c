@@ -72,6 +72,22 @@ char *term_wait(term *t, const char *text, double timeout) {
     }
 }
 
+char *term_wait_settled(term *t, const char *text, double timeout) {
+    double end = qvl_now() + timeout;
+    char *prev = NULL;
+    for (;;) {
+        char *cur = term_screen(t, 1);
+        if (strstr(cur, text) && prev && !strcmp(prev, cur)) {
+            free(prev);
+            return cur;
+        }
+        if (qvl_now() > end) ck_abort_msg("timed out waiting for \"%s\" to settle; the screen was:\n%s", text, cur);
+        free(prev);
+        prev = cur;
+        usleep(150000);
+    }
+}
+
 void term_wait_free(term *t, const char *text, double timeout) { free(term_wait(t, text, timeout)); }
 
 /* Waits until `text` is on screen row `row` (after a resize, say). */

@@ -19,6 +19,9 @@ void term_run(term *t, const char *shell_cmd);
 char *term_screen(term *t, int escapes);               /* the screen text (caller frees) */
 char *term_wait(term *t, const char *text, double timeout);   /* waits for text; returns the screen */
 void term_wait_free(term *t, const char *text, double timeout);
+/* Waits until the screen (with escapes) shows text and stops changing: for
+ * pictures, which are drawn after curses' own refresh. */
+char *term_wait_settled(term *t, const char *text, double timeout);
 void term_wait_row(term *t, const char *text, int row, double timeout);
 void term_type(term *t, const char *text);             /* literal keys */
 void term_keys(term *t, const char *keys);             /* tmux key names: Enter, C-c, ... */
