@@ -490,30 +490,10 @@ END_TEST
 
 /* ---- needs_session: the tiny synthetic models against the goldens ---- */
 
-/* A model directory: the generated weights plus the shared tokenizer and template. */
+/* A model directory: the generated weights plus the shared tokenizer. */
 static const char *tiny_model_dir(const char *model) {
-    char src[4096], dst[4096];
-    snprintf(src, sizeof src, "tests/models/%s/model.safetensors", model);
-    const char *weights = build_path(src);
-    ck_assert_msg(access(weights, R_OK) == 0, "%s missing (make check generates it)", weights);
-    const char *dir = tmp_dir(model);
-    const char *links[][2] = {
-        { weights, "model.safetensors" },
-        { NULL, "config.json" }, { NULL, "preprocessor_config.json" },
-        { data_path("tokenizer/tokenizer.json"), "tokenizer.json" },
-        { data_path("tokenizer/tokenizer_config.json"), "tokenizer_config.json" },
-        { data_path("chat_template.jinja"), "chat_template.jinja" },
-    };
-    for (size_t i = 0; i < sizeof links / sizeof links[0]; i++) {
-        char from[4096];
-        if (links[i][0]) snprintf(from, sizeof from, "%s", links[i][0]);
-        else {
-            snprintf(src, sizeof src, "models/%s/%s", model, links[i][1]);
-            snprintf(from, sizeof from, "%s", data_path(src));
-        }
-        snprintf(dst, sizeof dst, "%s/%s", dir, links[i][1]);
-        ck_assert_msg(symlink(from, dst) == 0, "symlink %s", dst);
-    }
+    static char dir[4096];
+    synth_model_with_tokenizer(model, dir);
     return dir;
 }
 

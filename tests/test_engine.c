@@ -852,13 +852,8 @@ START_TEST(dump_from_conversation) {
     snprintf(conv[3], sizeof conv[3], "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"Look at this:\"},"
              "{\"type\":\"image\",\"image\":\"%sc_33x47_gray.png\"}]}\n", img);
     for (int mi = 0; mi < 2; mi++) {
-        /* the synthetic model plus the Qwen tokenizer */
-        char dir[4096];
-        snprintf(dir, sizeof dir, "%s", tmp_dir(models[mi]));  /* tmp_dir's buffer is reused */
-        char cmd[16384];
-        snprintf(cmd, sizeof cmd, "cp '%s/tests/models/%s'/* '%s'/ && cp '%s'/tokenizer/* '%s'/", BUILD_DIR, models[mi], dir,
-                 TEST_DATA, dir);
-        ck_assert_int_eq(system(cmd), 0);
+        char dir[4096], cmd[16384];
+        synth_model_with_tokenizer(models[mi], dir);
         for (int k = 0; k < 4; k++) {
             char in[4200], out[4200];
             snprintf(in, sizeof in, "%s/%s.jsonl", dir, cases[k]);

@@ -71,15 +71,8 @@ START_TEST(multiturn_matches_golden) {
         cJSON *m = cJSON_GetObjectItem(g, models[mi]);
         cJSON *mt = cJSON_GetObjectItem(m, "multiturn");
         cJSON *first = cJSON_GetObjectItem(cJSON_GetObjectItem(m, "cases"), "image");
-        char dir[4096];
-        snprintf(dir, sizeof dir, "tests/models/%s", models[mi]);
-        qvl_source src = source_dir(build_path(dir));
-        /* the synthetic models have no tokenizer of their own: use a copy of the model
-         * directory that adds the Qwen tokenizer */
-        const char *with_tok = tmp_dir(models[mi]);
-        char cmd[16384];
-        snprintf(cmd, sizeof cmd, "cp %s/* %s/ && cp %s/tokenizer/* %s/", src.dir, with_tok, TEST_DATA, with_tok);
-        ck_assert_int_eq(system(cmd), 0);
+        char with_tok[4096];
+        synth_model_with_tokenizer(models[mi], with_tok);
         qvl_source src2 = source_dir(with_tok);
         qvl_session_opts o = base_opts(&src2, 256);
         o.ignore_eos = 1;

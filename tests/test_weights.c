@@ -104,12 +104,29 @@ static void copy_config(const char *from, const char *to) {
     free(s);
 }
 
-/* Converts every tensor of a bf16 checkpoint to `dt`. */
-static const char *convert_dtype(const char *dir, qvl_dtype dt, const char *tag) {
-    char err[QVL_ERR_MAX], path[4096];
+/* The single-file checkpoint of a model directory. */
+static st_set *open_checkpoint(const char *dir) {
+    char path[4096], err[QVL_ERR_MAX];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     st_set *s = st_open_file(path, err);
-    ck_assert(s);
+    ck_assert_msg(s != NULL, "%s", err);
+    return s;
+}
+
+/* A new model directory (tmp, named by tag): the tensors of l and dir's config. Frees l. */
+static const char *write_variant(const char *dir, out_list *l, const char *tag) {
+    char path[4096];
+    const char *out = tmp_dir(tag);
+    snprintf(path, sizeof path, "%s/model.safetensors", out);
+    write_list(path, l, 0, l->n);
+    copy_config(dir, out);
+    free_list(l);
+    return out;
+}
+
+/* Converts every tensor of a bf16 checkpoint to `dt`. */
+static const char *convert_dtype(const char *dir, qvl_dtype dt, const char *tag) {
+    st_set *s = open_checkpoint(dir);
     out_list l = { 0 };
     for (size_t i = 0; i < st_count(s); i++) {
         const st_tensor *t = st_at(s, i);
@@ -121,13 +138,8 @@ static const char *convert_dtype(const char *dir, qvl_dtype dt, const char *tag)
         }
         put(&l, t->name, dt, t->ndim, t->shape, data);
     }
-    const char *out = tmp_dir(tag);
-    snprintf(path, sizeof path, "%s/model.safetensors", out);
-    write_list(path, &l, 0, l.n);
-    copy_config(dir, out);
-    free_list(&l);
     st_close(s);
-    return out;
+    return write_variant(dir, &l, tag);
 }
 
 START_TEST(binds_dense_model) {
@@ -179,8 +191,7 @@ END_TEST
 START_TEST(binds_sharded) {
     const char *dir = synth_model("tiny-qwen3vl", 1);
     char err[QVL_ERR_MAX], path[4096];
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    st_set *s = st_open_file(path, err);
+    st_set *s = open_checkpoint(dir);
     out_list l = { 0 };
     for (size_t i = 0; i < st_count(s); i++) {
         const st_tensor *t = st_at(s, i);
@@ -219,10 +230,7 @@ END_TEST
 /* The experts of the published layout rewritten as transformers 5.x saves them
  * ([E,2I,H], [E,H,I]) or as per-expert nn.Linear tensors. */
 static const char *moe_variant(const char *dir, int per_expert) {
-    char err[QVL_ERR_MAX], path[4096];
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    st_set *s = st_open_file(path, err);
-    ck_assert(s);
+    st_set *s = open_checkpoint(dir);
     out_list l = { 0 };
     for (size_t i = 0; i < st_count(s); i++) {
         const st_tensor *t = st_at(s, i);
@@ -267,13 +275,8 @@ static const char *moe_variant(const char *dir, int per_expert) {
             }
         }
     }
-    const char *out = tmp_dir(per_expert ? "moe-per-expert" : "moe-resaved");
-    snprintf(path, sizeof path, "%s/model.safetensors", out);
-    write_list(path, &l, 0, l.n);
-    copy_config(dir, out);
-    free_list(&l);
     st_close(s);
-    return out;
+    return write_variant(dir, &l, per_expert ? "moe-per-expert" : "moe-resaved");
 }
 
 START_TEST(binds_three_moe_layouts) {
@@ -316,9 +319,7 @@ END_TEST
 
 /* Rewrites a checkpoint with one tensor dropped, reshaped or retyped. */
 static const char *broken_variant(const char *dir, const char *victim, int mode) {
-    char err[QVL_ERR_MAX], path[4096];
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    st_set *s = st_open_file(path, err);
+    st_set *s = open_checkpoint(dir);
     out_list l = { 0 };
     for (size_t i = 0; i < st_count(s); i++) {
         const st_tensor *t = st_at(s, i);
@@ -333,13 +334,8 @@ static const char *broken_variant(const char *dir, const char *victim, int mode)
             put(&l, t->name, QVL_I8, t->ndim, t->shape, calloc(1, (size_t)t->numel));
         } /* mode 0: missing */
     }
-    const char *out = tmp_dir("broken");
-    snprintf(path, sizeof path, "%s/model.safetensors", out);
-    write_list(path, &l, 0, l.n);
-    copy_config(dir, out);
-    free_list(&l);
     st_close(s);
-    return out;
+    return write_variant(dir, &l, "broken");
 }
 
 START_TEST(reports_missing_wrong_shape_wrong_dtype) {

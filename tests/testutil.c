@@ -46,6 +46,14 @@ const char *tmp_dir(const char *tag) {
     return b;
 }
 
+void synth_model_with_tokenizer(const char *name, char *out) {
+    snprintf(out, 4096, "%s", tmp_dir(name));
+    char cmd[16384];
+    snprintf(cmd, sizeof cmd, "cp '%s/tests/models/%s'/* '%s'/ && cp '%s'/tokenizer/* '%s'/", BUILD_DIR, name, out,
+             TEST_DATA, out);
+    ck_assert_msg(system(cmd) == 0, "%s failed", cmd);
+}
+
 char *slurp(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
     ck_assert_msg(f != NULL, "cannot open %s: %s", path, strerror(errno));

@@ -16,6 +16,11 @@ const char *build_path(const char *rel);     /* BUILD_DIR "/" rel */
 /* A fresh empty directory under BUILD_DIR/tests/tmp (unique per call). */
 const char *tmp_dir(const char *tag);
 
+/* A copy of the generated synthetic model BUILD_DIR/tests/models/<name> with the
+ * Qwen tokenizer added (the synthetic checkpoints have none), in a fresh tmp
+ * directory; the path is written into out (4096 bytes). */
+void synth_model_with_tokenizer(const char *name, char *out);
+
 /* Reads a whole file (aborts the test on failure); *len optional. */
 char *slurp(const char *path, size_t *len);
 void write_file(const char *path, const void *data, size_t len);
