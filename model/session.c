@@ -83,7 +83,6 @@ struct qvl_session {
     tok_stream stream;
     char *text;                       /* the reply's text so far */
     size_t text_len, text_cap;
-    chat_reply split;
     char *answer_copy, *reasoning_copy;
     int think_end_id;
     int in_reasoning;
@@ -543,6 +542,17 @@ static int is_eos(const qvl_session *s, int id) {
     return 0;
 }
 
+/* The finished reply's answer and reasoning, kept for session_reply_text/_reasoning. */
+static void split_reply(qvl_session *s) {
+    const char *text = s->text ? s->text : "";
+    chat_reply r;
+    chat_split_reply(&s->fmt, text, strlen(text), &r);
+    free(s->answer_copy);
+    free(s->reasoning_copy);
+    s->answer_copy = strndup(r.answer ? r.answer : "", r.answer_len);
+    s->reasoning_copy = strndup(r.reasoning ? r.reasoning : "", r.reasoning_len);
+}
+
 static int finish(qvl_session *s, const char *reason) {
     turn *cur = &s->turns[s->nturns - 1];
     size_t n;
@@ -550,6 +560,7 @@ static int finish(qvl_session *s, const char *reason) {
     if (rest && n) append_text(s, rest, n);
     free(cur->reply_text);
     cur->reply_text = strdup(s->text ? s->text : "");
+    split_reply(s);
     s->info.finish_reason = reason;
     s->info.completion_tokens = cur->n_reply;
     double dt = qvl_now() - s->t_decode_start;
@@ -609,25 +620,9 @@ int session_next(qvl_session *s, qvl_token *tok, char *err) {
 
 void session_cancel(qvl_session *s) { atomic_store(&s->cancel, 1); }
 
-static void split_reply(const qvl_session *sc) {
-    qvl_session *s = (qvl_session *)sc;
-    const char *text = s->text ? s->text : "";
-    chat_split_reply(&s->fmt, text, strlen(text), &s->split);
-    free(s->answer_copy);
-    free(s->reasoning_copy);
-    s->answer_copy = strndup(s->split.answer ? s->split.answer : "", s->split.answer_len);
-    s->reasoning_copy = strndup(s->split.reasoning ? s->split.reasoning : "", s->split.reasoning_len);
-}
+const char *session_reply_text(const qvl_session *s) { return s->answer_copy ? s->answer_copy : ""; }
 
-const char *session_reply_text(const qvl_session *s) {
-    split_reply(s);
-    return s->answer_copy;
-}
-
-const char *session_reply_reasoning(const qvl_session *s) {
-    split_reply(s);
-    return s->reasoning_copy;
-}
+const char *session_reply_reasoning(const qvl_session *s) { return s->reasoning_copy ? s->reasoning_copy : ""; }
 
 void session_reply_info(const qvl_session *s, qvl_reply_info *info) { *info = s->info; }
 
@@ -799,6 +794,7 @@ int session_set_reply(qvl_session *s, const char *reply, char *err) {
     s->last_closed = 0;
     s->text_len = 0;
     append_text(s, reply, strlen(reply));
+    split_reply(s);
     emit_state(s, QVL_STATE_IDLE, 1);
     return 0;
 }
