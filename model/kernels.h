@@ -65,10 +65,25 @@ typedef struct {
                         int stride, int dim, float scale);
     void (*attn_values)(float *out, const float *p, int ldsc, int group, const float *v, int n,
                         int stride, int dim);
+
+    /* Matrix-matrix products over bf16 weights with the activations rounded
+     * to bf16 and the AVX512_BF16 dot-product instruction (NULL: none; same
+     * gemm_mr x gemm_nr blocking; used only when ops_set_bf16_matmul is on).
+     * Operands come in k pairs (kc even):
+     *   A: per pair, gemm_mr words (bf16(x[k]), bf16(x[k+1])), one per row;
+     *   B: per pair, gemm_nr words (w[o][k], w[o][k+1]), one per output.
+     * Each C value is one accumulation chain in k order, as gemm_kernel's. */
+    void (*gemm_bf16_kernel)(int kc, const uint32_t *a, const uint32_t *b, float *c, int ldc, int accumulate,
+                             int mr, int nr);
+    void (*gemm_bf16_pack_b)(uint32_t *panel, const uint16_t *w, int64_t ld, int in_major, int cnt, int kc);
+    void (*gemm_bf16_pack_a)(uint32_t *a, const float *x, int64_t lda, int rows, int kc);
 } ops_kernels;
 
-/* NULL when the CPU (or the compiler's target) lacks the instructions. */
+/* NULL when the CPU (or the compiler's target) lacks the instructions.
+ * kernels_avx512_bf16 is the AVX-512 table plus the bf16 products, for CPUs
+ * with AVX512_BF16. */
 const ops_kernels *kernels_avx512(void);
+const ops_kernels *kernels_avx512_bf16(void);
 const ops_kernels *kernels_avx2(void);
 const ops_kernels *kernels_portable(void);
 

@@ -280,7 +280,7 @@ AVX2 static void attn_values(float *out, const float *p, int ldsc, int group, co
 
 static const ops_kernels table = {
     "avx2", prep_size, prep_x, dot_rows, axpy_rows, widen, 0, 0, NULL, NULL, NULL,
-    add, vmax, exp_sum, scale, silu_mul, silu, gelu_tanh, attn_scores, attn_values,
+    add, vmax, exp_sum, scale, silu_mul, silu, gelu_tanh, attn_scores, attn_values, NULL, NULL, NULL,
 };
 
 const ops_kernels *kernels_avx2(void) {

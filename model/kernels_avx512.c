@@ -496,9 +496,126 @@ AVX512 static void attn_values(float *out, const float *p, int ldsc, int group, 
     }
 }
 
+/* ---------------------------------------------------------------- bf16 products
+ *
+ * The same 12 x 32 block fed by vdpbf16ps, which multiplies two bf16 pairs
+ * per lane: per pair of inputs, two B vectors (16 outputs x 2 weights each)
+ * and, for every row, a broadcast of its two activations rounded to bf16.
+ * Half the instructions per input of gemm_kernel: about twice its speed where
+ * the instruction runs at FMA's rate (Zen 4; measured 1 per cycle each). */
+
+#define AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+
+AVX512BF16 static void gemm_bf16_kernel(int kc, const uint32_t *a, const uint32_t *b, float *c, int ldc,
+                                        int accumulate, int mr, int nr) {
+    __mmask16 m0 = nr >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
+    __mmask16 m1 = nr >= 32 ? (__mmask16)0xffff : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
+    __m512 c0[GEMM_MR], c1[GEMM_MR];
+#pragma GCC unroll 12
+    for (int m = 0; m < GEMM_MR; m++) {
+        if (accumulate && m < mr) {
+            c0[m] = _mm512_maskz_loadu_ps(m0, c + (size_t)m * ldc);
+            c1[m] = _mm512_maskz_loadu_ps(m1, c + (size_t)m * ldc + 16);
+        } else {
+            c0[m] = c1[m] = _mm512_setzero_ps();
+        }
+    }
+    for (int p = 0; p < kc; p += 2) {
+        __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 16);
+#pragma GCC unroll 12
+        for (int m = 0; m < GEMM_MR; m++) {
+            __m512bh hi = (__m512bh)_mm512_set1_epi32((int)a[m]);
+            c0[m] = _mm512_dpbf16_ps(c0[m], hi, b0);
+            c1[m] = _mm512_dpbf16_ps(c1[m], hi, b1);
+        }
+        a += GEMM_MR;
+        b += GEMM_NR;
+    }
+#pragma GCC unroll 12
+    for (int m = 0; m < GEMM_MR; m++)
+        if (m < mr) {
+            _mm512_mask_storeu_ps(c + (size_t)m * ldc, m0, c0[m]);
+            _mm512_mask_storeu_ps(c + (size_t)m * ldc + 16, m1, c1[m]);
+        }
+}
+
+/* Out-major weights are already in pairs: the 32-bit word p of row o is
+ * (w[o][2p], w[o][2p+1]), so packing is a transpose of 32-bit words, 16 rows
+ * by 16 pairs at a time.  In-major rows 2p and 2p+1 are interleaved. */
+AVX512BF16 static void gemm_bf16_pack_b(uint32_t *panel, const uint16_t *w, int64_t ld, int in_major, int cnt, int kc) {
+    if (in_major) {
+        __mmask32 m = cnt >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1ull << cnt) - 1);
+        const __m512i lo_idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+                                                39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+        const __m512i hi_idx = _mm512_add_epi16(lo_idx, _mm512_set1_epi16(16));
+        for (int p = 0; p < kc; p += 2) {
+            __m512i r0 = _mm512_maskz_loadu_epi16(m, w + (size_t)p * (size_t)ld);
+            __m512i r1 = _mm512_maskz_loadu_epi16(m, w + (size_t)(p + 1) * (size_t)ld);
+            _mm512_storeu_si512(panel + (size_t)p / 2 * GEMM_NR, _mm512_permutex2var_epi16(r0, lo_idx, r1));
+            _mm512_storeu_si512(panel + (size_t)p / 2 * GEMM_NR + 16, _mm512_permutex2var_epi16(r0, hi_idx, r1));
+        }
+        return;
+    }
+    int pairs = kc / 2;
+    for (int h = 0; h < GEMM_NR; h += 16) {
+        int rows = cnt - h < 0 ? 0 : cnt - h > 16 ? 16 : cnt - h;
+        int p = 0;
+        if (rows == 16)
+            for (; p + 16 <= pairs; p += 16) {
+                __m512 r[16];
+#pragma GCC unroll 16
+                for (int j = 0; j < 16; j++)
+                    r[j] = _mm512_castsi512_ps(_mm512_loadu_si512(w + (size_t)(h + j) * (size_t)ld + 2 * (size_t)p));
+                transpose16(r);
+#pragma GCC unroll 16
+                for (int i = 0; i < 16; i++) _mm512_storeu_si512(panel + (size_t)(p + i) * GEMM_NR + h, _mm512_castps_si512(r[i]));
+            }
+        for (; p < pairs; p++)
+            for (int j = 0; j < 16; j++) {
+                uint32_t v = 0;
+                if (j < rows) memcpy(&v, w + (size_t)(h + j) * (size_t)ld + 2 * (size_t)p, sizeof v);
+                panel[(size_t)p * GEMM_NR + h + j] = v;
+            }
+    }
+}
+
+/* Each row's inputs rounded to bf16 (to nearest even, vcvtneps2bf16), then
+ * scattered into the pair layout. */
+AVX512BF16 static void gemm_bf16_pack_a(uint32_t *a, const float *x, int64_t lda, int rows, int kc) {
+    uint16_t hi[32];
+    for (int m = 0; m < GEMM_MR; m++)
+        for (int k = 0; k < kc; k += 32) {
+            int valid = kc - k < 32 ? kc - k : 32;
+            if (m < rows) {
+                for (int h = 0; h < 32; h += 16) {
+                    int v = valid - h <= 0 ? 0 : valid - h > 16 ? 16 : valid - h;
+                    __m512 xv = _mm512_maskz_loadu_ps((__mmask16)((1u << v) - 1), x + (size_t)m * (size_t)lda + k + h);
+                    _mm256_storeu_si256((__m256i *)(hi + h), (__m256i)_mm512_cvtneps_pbh(xv));
+                }
+            } else {
+                memset(hi, 0, sizeof hi);
+            }
+            for (int i = 0; i < valid; i += 2) {
+                size_t at = (size_t)(k + i) / 2 * GEMM_MR + (size_t)m;
+                a[at] = (uint32_t)hi[i] | (uint32_t)hi[i + 1] << 16;
+            }
+        }
+}
+
+static int has_avx512_bf16(void) {
+    __builtin_cpu_init();
+    return kernels_avx512() && __builtin_cpu_supports("avx512bf16");
+}
+
 static const ops_kernels table = {
     "avx512", prep_size, prep_x, dot_rows, axpy_rows, widen, GEMM_MR, GEMM_NR, gemm_kernel, gemm_pack_b, gemm_pack_a,
+    add, vmax, exp_sum, scale, silu_mul, silu, gelu_tanh, attn_scores, attn_values, NULL, NULL, NULL,
+};
+
+static const ops_kernels table_bf16 = {
+    "avx512bf16", prep_size, prep_x, dot_rows, axpy_rows, widen, GEMM_MR, GEMM_NR, gemm_kernel, gemm_pack_b, gemm_pack_a,
     add, vmax, exp_sum, scale, silu_mul, silu, gelu_tanh, attn_scores, attn_values,
+    gemm_bf16_kernel, gemm_bf16_pack_b, gemm_bf16_pack_a,
 };
 
 const ops_kernels *kernels_avx512(void) {
@@ -509,8 +626,11 @@ const ops_kernels *kernels_avx512(void) {
     return NULL;
 }
 
+const ops_kernels *kernels_avx512_bf16(void) { return has_avx512_bf16() ? &table_bf16 : NULL; }
+
 #else
 
 const ops_kernels *kernels_avx512(void) { return NULL; }
+const ops_kernels *kernels_avx512_bf16(void) { return NULL; }
 
 #endif

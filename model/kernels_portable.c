@@ -111,7 +111,7 @@ static void attn_values(float *out, const float *p, int ldsc, int group, const f
 
 static const ops_kernels table = {
     "portable", prep_size, prep_x, dot_rows, axpy_rows, widen, 0, 0, NULL, NULL, NULL,
-    add, vmax, exp_sum, scale, silu_mul, silu, gelu_tanh, attn_scores, attn_values,
+    add, vmax, exp_sum, scale, silu_mul, silu, gelu_tanh, attn_scores, attn_values, NULL, NULL, NULL,
 };
 
 const ops_kernels *kernels_portable(void) { return &table; }

@@ -44,10 +44,13 @@ void openblas_set_num_threads(int num_threads);   /* OpenBLAS extension */
 
 static const ops_kernels *best, *forced;
 
+static int bf16_matmul;     /* ops_set_bf16_matmul */
+
 static const ops_kernels *kernels(void) {
     if (forced) return forced;
     if (!best) {
-        const ops_kernels *k = kernels_avx512();
+        const ops_kernels *k = kernels_avx512_bf16();   /* avx512's products, plus bf16 ones */
+        if (!k) k = kernels_avx512();
         if (!k) k = kernels_avx2();
         if (!k) k = kernels_portable();
         best = k;
@@ -59,7 +62,8 @@ const char *ops_kernel_name(void) { return kernels()->name; }
 
 int ops_force_kernel(const char *name) {
     if (!name) { forced = NULL; return 0; }
-    const ops_kernels *k = !strcmp(name, "avx512") ? kernels_avx512()
+    const ops_kernels *k = !strcmp(name, "avx512bf16") ? kernels_avx512_bf16()
+                         : !strcmp(name, "avx512") ? kernels_avx512()
                          : !strcmp(name, "avx2") ? kernels_avx2()
                          : !strcmp(name, "portable") ? kernels_portable() : NULL;
     if (!k) return -1;
@@ -68,6 +72,14 @@ int ops_force_kernel(const char *name) {
 }
 
 void ops_force_portable(int on) { ops_force_kernel(on ? "portable" : NULL); }
+
+int ops_set_bf16_matmul(int on) {
+    if (on && !kernels_avx512_bf16()) return -1;
+    bf16_matmul = on;
+    return 0;
+}
+
+int ops_bf16_matmul(void) { return bf16_matmul; }
 
 const char *ops_openblas_coretype(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -96,6 +108,7 @@ typedef struct {
     float *ap;               /* n > 1 with the kernels' gemm: x packed (pack_a) */
     const qvl_weight *w;
     int n, us, units, first;
+    int bf16;                /* n > 1: the kernels' bf16 product (x packed as hi/lo pairs) */
 } part;
 
 typedef struct {
@@ -164,12 +177,17 @@ static int padded_rows(const ops_kernels *k, int n) { return (n + k->gemm_mr - 1
 /* Row groups [g0, g1) of x [n, in] (rows lda apart) into ap: per block of
  * GEMM_KC inputs (at pc * padded rows), group g at g * mr * kcb, laid out
  * [k][mr], zero past n. */
-static void pack_a(const ops_kernels *k, float *ap, const float *x, int lda, int n, int in, int g0, int g1) {
+static void pack_a(const ops_kernels *k, int bf16, float *ap, const float *x, int lda, int n, int in, int g0, int g1) {
     int mr = k->gemm_mr, mpad = (n + mr - 1) / mr * mr;
     for (int pc = 0; pc < in; pc += GEMM_KC) {
         int kcb = in - pc < GEMM_KC ? in - pc : GEMM_KC;
         for (int g = g0; g < g1; g++) {
             float *dst = ap + (size_t)pc * mpad + (size_t)g * mr * kcb;
+            if (bf16) {      /* the same size: kcb/2 pairs of 2*mr words */
+                k->gemm_bf16_pack_a((uint32_t *)(void *)dst, x + (size_t)g * mr * lda + pc, lda,
+                                    n - g * mr < mr ? n - g * mr : mr, kcb);
+                continue;
+            }
             if (k->gemm_pack_a) {
                 k->gemm_pack_a(dst, x + (size_t)g * mr * lda + pc, lda, n - g * mr < mr ? n - g * mr : mr, kcb);
                 continue;
@@ -198,7 +216,39 @@ static void pack_units(void *arg, int begin, int end) {
     pack_job *j = arg;
     for (int i = 0, first = 0; i < j->count; first += j->groups[i], i++) {
         int lo = begin > first ? begin - first : 0, hi = end - first < j->groups[i] ? end - first : j->groups[i];
-        if (lo < hi) pack_a(j->k, j->parts[i]->ap, j->parts[i]->x, j->parts[i]->w->in, j->parts[i]->n, j->parts[i]->w->in, lo, hi);
+        if (lo < hi) pack_a(j->k, j->parts[i]->bf16, j->parts[i]->ap, j->parts[i]->x, j->parts[i]->w->in, j->parts[i]->n, j->parts[i]->w->in, lo, hi);
+    }
+}
+
+/* The bf16 form of own_gemm_tile: panels of weight pairs as stored (no
+ * widening; panel q at q*nr*in/2 words, input block pc at pc/2*nr), x packed
+ * as hi/lo pairs. */
+static void own_gemm_tile_bf16(const ops_kernels *k, const part *p, int o0, int cnt, uint32_t *bt) {
+    const qvl_weight *w = p->w;
+    int in = w->in, out = w->out, n = p->n, mr = k->gemm_mr, nr = k->gemm_nr;
+    int mpad = padded_rows(k, n), panels = (cnt + nr - 1) / nr;
+    const uint16_t *data = w->data;
+    for (int q = 0; q < panels; q++) {
+        int o = o0 + q * nr, c = cnt - q * nr < nr ? cnt - q * nr : nr;
+        for (int pc = 0; pc < in; pc += GEMM_KC) {
+            int kcb = in - pc < GEMM_KC ? in - pc : GEMM_KC;
+            size_t at = w->in_major ? (size_t)pc * (size_t)w->ld + (size_t)o : (size_t)o * (size_t)w->ld + (size_t)pc;
+            k->gemm_bf16_pack_b(bt + (size_t)q * nr * (in / 2) + (size_t)pc / 2 * nr, data + at, w->ld, w->in_major, c, kcb);
+        }
+    }
+    const uint32_t *ap = (const uint32_t *)(const void *)p->ap;
+    for (int ic = 0; ic < mpad; ic += GEMM_MC) {
+        int iend = ic + GEMM_MC < mpad ? ic + GEMM_MC : mpad;
+        for (int pc = 0; pc < in; pc += GEMM_KC) {
+            int kcb = in - pc < GEMM_KC ? in - pc : GEMM_KC;
+            const uint32_t *ablock = ap + (size_t)pc * mpad;
+            for (int q = 0; q < panels; q++) {
+                int c = cnt - q * nr < nr ? cnt - q * nr : nr;
+                for (int ir = ic; ir < iend; ir += mr)
+                    k->gemm_bf16_kernel(kcb, ablock + (size_t)ir * kcb, bt + (size_t)q * nr * (in / 2) + (size_t)pc / 2 * nr,
+                                        p->y + (size_t)ir * out + o0 + q * nr, out, pc > 0, n - ir < mr ? n - ir : mr, c);
+            }
+        }
     }
 }
 
@@ -207,6 +257,7 @@ static void pack_units(void *arg, int begin, int end) {
  * input block pc at pc*nr within it); then each block of GEMM_MC rows walks
  * every input block, so its outputs stay in L2 until they are done. */
 static void own_gemm_tile(const ops_kernels *k, const part *p, int o0, int cnt, float *bt) {
+    if (p->bf16) { own_gemm_tile_bf16(k, p, o0, cnt, (uint32_t *)(void *)bt); return; }
     const qvl_weight *w = p->w;
     int in = w->in, out = w->out, n = p->n, mr = k->gemm_mr, nr = k->gemm_nr;
     int mpad = padded_rows(k, n), panels = (cnt + nr - 1) / nr;
@@ -277,8 +328,10 @@ static void run_batch(const qvl_product *ps, int count) {
         if (q->n <= 0 || w->out <= 0) continue;
         if (w->in <= 0) { memset(q->y, 0, (size_t)q->n * (size_t)w->out * sizeof(float)); continue; }
         part *p = &j.parts[j.nparts++];
-        *p = (part){ q->y, q->x, NULL, NULL, w, q->n, q->n == 1 ? VEC_UNIT : GEMM_TILE, 0, total };
+        *p = (part){ q->y, q->x, NULL, NULL, w, q->n, q->n == 1 ? VEC_UNIT : GEMM_TILE, 0, total, 0 };
         p->units = (w->out + p->us - 1) / p->us;
+        /* the bf16 product takes its inputs in pairs */
+        p->bf16 = bf16_matmul && q->n > 1 && j.k->gemm_bf16_kernel && w->dtype == QVL_BF16 && w->in % 2 == 0;
         total += p->units;
         gemm |= q->n > 1;
         if (q->n == 1 && !w->in_major) prep += j.k->prep_size(w->in);
@@ -313,7 +366,7 @@ static void run_batch(const qvl_product *ps, int count) {
             if (p->n == 1) continue;
             for (int e = 0; e < i && owner[i] == i; e++) {
                 const part *o = &j.parts[e];
-                if (o->n > 1 && o->x == p->x && o->n == p->n && o->w->in == p->w->in) owner[i] = e;
+                if (o->n > 1 && o->x == p->x && o->n == p->n && o->w->in == p->w->in && o->bf16 == p->bf16) owner[i] = e;
             }
             if (owner[i] == i) size += (size_t)padded_rows(j.k, p->n) * (size_t)p->w->in;
         }
@@ -571,10 +624,10 @@ static void attend_packed(const ops_kernels *kt, float *out, int ldo, const floa
         /* The keys this block can see: all, or up to its last query's. */
         int seen = causal_past < 0 ? nk : causal_past + i0 + rows;
         if (seen > nk) seen = nk;
-        pack_a(kt, ap, q + (size_t)i0 * ldq, ldq, rows, dim, 0, padded_rows(kt, rows) / kt->gemm_mr);
+        pack_a(kt, 0, ap, q + (size_t)i0 * ldq, ldq, rows, dim, 0, padded_rows(kt, rows) / kt->gemm_mr);
         packed_product(kt, scores, seen, ap, rows, kp, seen, dim);
         softmax_rows(kt, scores, seen, rows, seen, seen, scale, causal_past < 0 ? -1 : causal_past + i0);
-        pack_a(kt, ap, scores, seen, rows, seen, 0, padded_rows(kt, rows) / kt->gemm_mr);
+        pack_a(kt, 0, ap, scores, seen, rows, seen, 0, padded_rows(kt, rows) / kt->gemm_mr);
         /* V's panels are packed nk deep; the first `seen` rows of each are the visible keys. */
         for (int pc = 0; pc < seen; pc += GEMM_KC) {
             int kcb = seen - pc < GEMM_KC ? seen - pc : GEMM_KC, mr = kt->gemm_mr, mpad = padded_rows(kt, rows);

@@ -81,13 +81,23 @@ void attend_block(float *out, int ldo, const float *q, int ldq, const float *k, 
  * loads: the program may setenv this value and re-exec itself early in main.
  * Returns "SkylakeX" (AVX-512), "Haswell" (AVX2) or NULL. */
 const char *ops_openblas_coretype(void);
-/* Which kernels run: "avx512", "avx2" or "portable". */
+/* Which kernels run: "avx512bf16" (AVX-512 with the bf16 products),
+ * "avx512", "avx2" or "portable". */
 const char *ops_kernel_name(void);
-/* Forces a kernel table no better than the CPU has: "avx512", "avx2",
+/* Forces a kernel table no better than the CPU has: "avx512bf16", "avx512", "avx2",
  * "portable", or NULL for the best.  -1 if this CPU lacks it.  Tests compare
  * the paths; not to be called while a forward pass runs. */
 int ops_force_kernel(const char *name);
 /* ops_force_kernel("portable") when on, the best when off. */
 void ops_force_portable(int on);
+
+/* Matrix-matrix products over bf16 weights (prompts, the vision encoder) run
+ * in float by default: the reference's numerics, to float rounding.  On: the
+ * activations are rounded to bf16 and multiplied with the AVX512_BF16
+ * dot-product instruction (llama.cpp's bf16 numerics), twice the multiplies
+ * per instruction, at about 1e-3 relative error.  -1 (and nothing changes)
+ * if the CPU lacks AVX512_BF16.  Not to be called while a forward pass runs. */
+int ops_set_bf16_matmul(int on);
+int ops_bf16_matmul(void);
 
 #endif

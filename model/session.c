@@ -24,6 +24,7 @@
 #include "decoder.h"
 #include "image.h"
 #include "message.h"
+#include "ops.h"
 #include "quant.h"
 #include "sampler.h"
 #include "threadpool.h"
@@ -265,6 +266,11 @@ qvl_session *session_open(const qvl_session_opts *o, const qvl_session_hooks *ho
     if (hooks) s->hooks = *hooks;
     if (s->opts.ctx <= 0) s->opts.ctx = 8192;
     pool_set_threads(o->threads);
+    if (ops_set_bf16_matmul(o->bf16_matmul)) {
+        qvl_seterr(err, "--matmul bf16: this CPU lacks AVX512_BF16");
+        free(s);
+        return NULL;
+    }
     model_name_of(o->model, s->model_name, sizeof s->model_name);
     emit_state(s, QVL_STATE_LOADING, 0);
     s->model = model_load(o->model, err);

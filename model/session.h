@@ -49,6 +49,7 @@ typedef struct {
     int verbose;
     int prefill_chunk;          /* tokens per prefill step (0: 256); images are never split */
     qvl_quant quant;            /* weights quantized at load (q8, q4) or as stored (none) */
+    int bf16_matmul;            /* many-row products with bf16 activations (ops_set_bf16_matmul) */
 } qvl_session_opts;
 
 typedef enum {

@@ -32,6 +32,7 @@ typedef struct {
     int ctx;                    /* -c */
     int threads;                /* -t; 0: all cores */
     qvl_quant quant;            /* --quant: QVL_QUANT_NONE (as stored), _Q8, _Q4 */
+    int bf16_matmul;            /* --matmul bf16 */
     long min_pixels;            /* 0: the model's */
     long max_pixels;            /* 0: QVL_DEFAULT_MAX_PIXELS, or the model's limit if smaller */
     int max_pixels_model;       /* --max-pixels model */

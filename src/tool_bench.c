@@ -65,6 +65,7 @@ typedef struct {
     int json_only;
     int no_images;              /* text only: no image encoding, no time to first token */
     qvl_quant quant;
+    int bf16_matmul;            /* --matmul bf16 */
 } bench_opts;
 
 /* Mean and standard deviation of repeated measurements. */
@@ -86,6 +87,7 @@ typedef struct {
     int threads;
     const char *kernel, *blas_core, *blas_env;
     const char *quant, *quant_kernel;   /* quant_kernel: NULL when not quantized */
+    const char *matmul;                 /* "f32" or "bf16" (--matmul) */
     long long params, text_params, vision_params;
     long long weights_bytes;
     double load_s, quantize_s, warmup_s;
@@ -401,6 +403,11 @@ static int bench_run(const bench_opts *o, bench_result *r, char *err) {
 
     r->label = src->label ? src->label : o->model_dir;
     r->threads = pool_set_threads(o->threads);
+    if (ops_set_bf16_matmul(o->bf16_matmul)) {
+        qvl_seterr(err, "--matmul bf16: this CPU lacks AVX512_BF16");
+        return -1;
+    }
+    r->matmul = o->bf16_matmul ? "bf16" : "f32";
     openblas_facts(r);
     r->pp = o->pp;
     r->tg = o->tg;
@@ -514,8 +521,8 @@ static void print_table(FILE *f, const bench_result *r) {
     fprintf(f, "weights    %s parameters (text %s, vision %s), %s, %s\n", human_count(r->params, p1, sizeof p1),
             human_count(r->text_params, p2, sizeof p2), human_count(r->vision_params, p3, sizeof p3), r->dtype,
             human_bytes(r->weights_bytes, v, sizeof v));
-    fprintf(f, "cpu        %d threads, %s kernels, OpenBLAS core %s (OPENBLAS_CORETYPE %s)\n", r->threads,
-            r->kernel, r->blas_core ? r->blas_core : "?", r->blas_env ? r->blas_env : "unset");
+    fprintf(f, "cpu        %d threads, %s kernels, %s matrix products, OpenBLAS core %s (OPENBLAS_CORETYPE %s)\n",
+            r->threads, r->kernel, r->matmul, r->blas_core ? r->blas_core : "?", r->blas_env ? r->blas_env : "unset");
     if (r->quant_kernel)
         fprintf(f, "quant      %s text matrices (%s kernels), %s in all\n", r->quant, r->quant_kernel,
                 human_bytes(r->weights_bytes, v, sizeof v));
@@ -597,6 +604,7 @@ static char *result_json(const bench_result *r, int reps) {
     cJSON_AddNumberToObject(o, "weights_bytes", (double)r->weights_bytes);
     cJSON_AddNumberToObject(o, "threads", r->threads);
     cJSON_AddStringToObject(o, "kernel", r->kernel);
+    cJSON_AddStringToObject(o, "matmul", r->matmul);
     add_string(o, "openblas_core", r->blas_core);
     cJSON_AddStringToObject(o, "quant", r->quant);
     add_string(o, "quant_kernel", r->quant_kernel);
@@ -637,14 +645,15 @@ static char *result_json(const bench_result *r, int reps) {
 /* ---------------------------------------------------------------- arguments */
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: qvl bench [-m DIR] [-t THREADS] [--quant q8|q4] [--pp N] [--tg N] [--reps N]\n"
-               "                 [--no-images] [--json-only]\n"
+    fprintf(f, "usage: qvl bench [-m DIR] [-t THREADS] [--quant q8|q4] [--matmul f32|bf16] [--pp N]\n"
+               "                 [--tg N] [--reps N] [--no-images] [--json-only]\n"
                "Measures load time, prompt processing (--pp tokens, default 512), generation (--tg\n"
                "tokens after the prompt, default 128), image encoding (448x448 and 1024x768), time to\n"
                "first token of a question about an image, weights, KV cache and peak memory.  Each\n"
                "measurement is repeated --reps times (default 3).  Without -m: the built-in demo model.\n"
                "--quant converts the text matrices at load, as the chat's --quant does; --no-images\n"
-               "skips the image encoding and the time to first token.\n"
+               "skips the image encoding and the time to first token; --matmul bf16 runs prompts and\n"
+               "the vision encoder with bf16 activations, as the chat's --matmul does.\n"
                "Prints a table, then one JSON line with every figure (--json-only: just that line).\n");
 }
 
@@ -661,12 +670,13 @@ static int parse_count(const char *opt, const char *v, int min, int max, int *ou
 
 /* 0: run, 1: help printed, -1: usage error (message printed). */
 static int parse_args(int argc, char **argv, bench_opts *o) {
-    enum { OPT_PP = 256, OPT_TG, OPT_REPS, OPT_JSON, OPT_QUANT, OPT_NO_IMAGES };
+    enum { OPT_PP = 256, OPT_TG, OPT_REPS, OPT_JSON, OPT_QUANT, OPT_NO_IMAGES, OPT_MATMUL };
     static const struct option longopts[] = {
         { "model", required_argument, 0, 'm' }, { "threads", required_argument, 0, 't' },
         { "pp", required_argument, 0, OPT_PP }, { "tg", required_argument, 0, OPT_TG },
         { "reps", required_argument, 0, OPT_REPS }, { "json-only", no_argument, 0, OPT_JSON },
         { "quant", required_argument, 0, OPT_QUANT }, { "no-images", no_argument, 0, OPT_NO_IMAGES },
+        { "matmul", required_argument, 0, OPT_MATMUL },
         { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 },
     };
     *o = (bench_opts){ .pp = 512, .tg = 128, .reps = 3 };
@@ -687,6 +697,13 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
                 fprintf(stderr, "qvl bench: --quant '%s': expected none, q8 or q4\n", optarg);
                 return -1;
             }
+            break;
+        case OPT_MATMUL:
+            if (strcmp(optarg, "f32") && strcmp(optarg, "bf16")) {
+                fprintf(stderr, "qvl bench: --matmul '%s': expected f32 or bf16\n", optarg);
+                return -1;
+            }
+            o->bf16_matmul = !strcmp(optarg, "bf16");
             break;
         case 'h': usage(stdout); return 1;
         case ':':

@@ -46,7 +46,7 @@ static int count_lines(const char *s) {
 enum { STRING, NUMBER, STRING_OR_NULL };
 static const struct { const char *key; int kind; } FIELDS[] = {
     { "model", 0 }, { "dtype", 0 }, { "params", 1 }, { "text_params", 1 }, { "vision_params", 1 },
-    { "weights_bytes", 1 }, { "threads", 1 }, { "kernel", 0 }, { "openblas_core", 0 }, { "quant", 0 },
+    { "weights_bytes", 1 }, { "threads", 1 }, { "kernel", 0 }, { "matmul", 0 }, { "openblas_core", 0 }, { "quant", 0 },
     { "quant_kernel", STRING_OR_NULL }, { "reps", 1 }, { "load_s", 1 }, { "quantize_s", 1 }, { "warmup_s", 1 }, { "pp_tokens", 1 }, { "pp_tok_s", 1 }, { "pp_tok_s_sd", 1 },
     { "tg_tokens", 1 }, { "tg_tok_s", 1 }, { "tg_tok_s_sd", 1 },
     { "img448x448_size", 0 }, { "img448x448_tokens", 1 }, { "img448x448_preprocess_ms", 1 },
@@ -123,6 +123,7 @@ START_TEST(demo_model_json_only) {
     check_images(j);
     ck_assert_str_eq(str(j, "model"), "built-in demo model");
     ck_assert_str_eq(str(j, "quant"), "none");
+    ck_assert_str_eq(str(j, "matmul"), "f32");
     ck_assert(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(j, "quant_kernel")));
     ck_assert_int_eq((int)num(j, "pp_tokens"), 8);
     ck_assert_int_eq((int)num(j, "tg_tokens"), 4);
@@ -269,7 +270,7 @@ END_TEST
 
 START_TEST(usage_errors) {
     static const char *const bad[] = {
-        "--quant q5", "--quant",
+        "--quant q5", "--quant", "--matmul f16", "--matmul",
         "--pp x", "--pp -1", "--tg 1.5", "--reps 0", "-t 0", "--bogus", "--pp", "stray",
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {

@@ -25,8 +25,8 @@
 #include "testutil.h"
 #include "threadpool.h"
 
-static const char *const KERNELS[] = { "avx512", "avx2", "portable" };
-#define NKERNELS 3
+static const char *const KERNELS[] = { "avx512bf16", "avx512", "avx2", "portable" };
+#define NKERNELS 4
 
 static uint32_t lcg(uint32_t *s) { *s = *s * 1664525u + 1013904223u; return *s >> 8; }
 static float uniform(uint32_t *s, float lo, float hi) { return lo + (hi - lo) * (float)(lcg(s) % 1000001) / 1e6f; }
@@ -48,9 +48,10 @@ typedef struct {
     double *ref;
 } test_weight;
 
-static test_weight make_weight(qvl_dtype t, int out, int in, int in_major, uint32_t *seed) {
+/* Rows `pad` elements wider than the matrix. */
+static test_weight make_weight_padded(qvl_dtype t, int out, int in, int in_major, int pad, uint32_t *seed) {
     test_weight tw;
-    int rows = in_major ? in : out, cols = in_major ? out : in, ld = cols + 7;
+    int rows = in_major ? in : out, cols = in_major ? out : in, ld = cols + pad;
     size_t es = qvl_dtype_size(t);
     tw.raw = calloc((size_t)rows * ld, es);
     tw.ref = calloc((size_t)out * in, sizeof(double));
@@ -68,6 +69,10 @@ static test_weight make_weight(qvl_dtype t, int out, int in, int in_major, uint3
         }
     tw.w = (qvl_weight){ tw.raw, t, out, in, in_major, ld };
     return tw;
+}
+
+static test_weight make_weight(qvl_dtype t, int out, int in, int in_major, uint32_t *seed) {
+    return make_weight_padded(t, out, in, in_major, 7, seed);
 }
 
 static void free_weight(test_weight *tw) { free(tw->raw); free(tw->ref); }
@@ -191,7 +196,7 @@ END_TEST
  * bits do not depend on the other rows of the call (prefill chunking). */
 START_TEST(gemm_rows_are_independent) {
     ops_force_kernel(NULL);
-    if (strcmp(ops_kernel_name(), "avx512")) { fprintf(stderr, "no own gemm here, skipped\n"); return; }
+    if (strncmp(ops_kernel_name(), "avx512", 6)) { fprintf(stderr, "no own gemm here, skipped\n"); return; }
     uint32_t seed = 4;
     test_weight tw = make_weight(QVL_BF16, 200, 600, 0, &seed);
     enum { N = 29 };
@@ -207,6 +212,53 @@ START_TEST(gemm_rows_are_independent) {
                       "rows %d..%d differ when multiplied alone", r0, r0 + cnt);
     }
     free(x); free(all); free(part);
+    free_weight(&tw);
+}
+END_TEST
+
+/* --matmul bf16: the activations rounded to bf16 (to nearest even), then the
+ * exact products summed in float; rows with an odd length, which the bf16
+ * pairs cannot take, get the float product.  Rows stay independent of the
+ * call and of the thread count. */
+START_TEST(bf16_matmul_matches_rounded_reference) {
+    ops_force_kernel(NULL);
+    if (ops_set_bf16_matmul(1)) { fprintf(stderr, "no AVX512_BF16 here, skipped\n"); return; }
+    static const int shapes[][2] = { { 70, 46 }, { 33, 64 }, { 260, 300 }, { 2100, 38 } };   /* out, in */
+    static const int rows[] = { 2, 13, 30 };
+    uint32_t seed = 21;
+    char what[128];
+    for (int s = 0; s < 4; s++)
+        for (int in_major = 0; in_major < 2; in_major++) {
+            test_weight tw = make_weight_padded(QVL_BF16, shapes[s][0], shapes[s][1], in_major, 7 + s % 2, &seed);
+            int out = tw.w.out, in = tw.w.in;
+            for (int ri = 0; ri < 3; ri++) {
+                int n = rows[ri];
+                float *x = random_floats((size_t)n * in, &seed, -1, 1), *xr = malloc(sizeof(float) * (size_t)n * in);
+                float *y = malloc(sizeof(float) * (size_t)n * out), *y2 = malloc(sizeof(float) * (size_t)n * out);
+                for (size_t i = 0; i < (size_t)n * in; i++) xr[i] = qvl_bf16_to_f32(qvl_f32_to_bf16(x[i]));
+                matmul(y, x, &tw.w, n);
+                snprintf(what, sizeof what, "bf16 matmul %dx%d in_major %d n %d", out, in, in_major, n);
+                check_product(y, xr, &tw, n, what);
+                /* the last row alone, and on 2 threads: the same bits */
+                matmul(y2, x + (size_t)(n - 2) * in, &tw.w, 2);
+                ck_assert_msg(!memcmp(y2, y + (size_t)(n - 2) * out, sizeof(float) * 2 * (size_t)out), "%s: rows differ alone", what);
+                pool_set_threads(2);
+                matmul(y2, x, &tw.w, n < 2 ? n : 2);
+                pool_set_threads(0);
+                ck_assert_msg(!memcmp(y2, y, sizeof(float) * 2 * (size_t)out), "%s: 2 threads differ", what);
+                free(x); free(xr); free(y); free(y2);
+            }
+            free_weight(&tw);
+        }
+    /* odd rows: the float product, bit for bit */
+    test_weight tw = make_weight_padded(QVL_BF16, 40, 45, 0, 7, &seed);
+    float *x = random_floats(5 * 45, &seed, -1, 1), *y = malloc(sizeof(float) * 5 * 40), *yf = malloc(sizeof(float) * 5 * 40);
+    matmul(y, x, &tw.w, 5);
+    ck_assert_int_eq(ops_bf16_matmul(), 1);
+    ops_set_bf16_matmul(0);
+    matmul(yf, x, &tw.w, 5);
+    ck_assert_msg(!memcmp(y, yf, sizeof(float) * 5 * 40), "odd rows: not the float product");
+    free(x); free(y); free(yf);
     free_weight(&tw);
 }
 END_TEST
@@ -399,6 +451,7 @@ int main(void) {
     tcase_add_loop_test(k, threads_give_identical_bits, 0, NKERNELS);
     tcase_add_test(k, gemm_rows_are_independent);
     tcase_add_test(k, unknown_kernel_is_refused);
+    tcase_add_test(k, bf16_matmul_matches_rounded_reference);
     tcase_add_loop_test(k, activations_match_libm, 0, NKERNELS);
     tcase_add_loop_test(k, softmax_matches_reference, 0, NKERNELS);
     tcase_add_loop_test(k, attention_groups_match_reference, 0, NKERNELS);

@@ -202,6 +202,27 @@ START_TEST(quant_option) {
 }
 END_TEST
 
+/* --matmul: f32 by default, bf16 on request, passed on to the session. */
+START_TEST(matmul_option) {
+    qvl_options o;
+    qvl_session_opts so;
+    qvl_source src = source_dir("/models/x");
+    char err[QVL_ERR_MAX];
+    ck_assert_int_eq(parse(&o, err, NULL), OPTIONS_RUN);
+    ck_assert_int_eq(o.bf16_matmul, 0);
+    options_free(&o);
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+        ck_assert_msg(parse(&o, err, "--matmul", bf16 ? "bf16" : "f32", NULL) == OPTIONS_RUN, "%s", err);
+        ck_assert_int_eq(o.bf16_matmul, bf16);
+        options_session(&o, &src, &so);
+        ck_assert_int_eq(so.bf16_matmul, bf16);
+        options_free(&o);
+    }
+    expect_error("--matmul: expected f32 or bf16, got 'f16'", "--matmul", "f16", NULL);
+    expect_error("option --matmul needs a value", "--matmul", NULL);
+}
+END_TEST
+
 START_TEST(bad_values_name_the_option) {
     expect_error("--temp", "--temp", "-1", NULL);
     expect_error("--temp", "--temp", "hot", NULL);
@@ -454,6 +475,7 @@ int main(void) {
     tcase_add_test(t, help_and_version);
     tcase_add_test(t, help_lists_every_option);
     tcase_add_test(t, quant_option);
+    tcase_add_test(t, matmul_option);
     tcase_add_test(t, bad_values_name_the_option);
     tcase_add_test(t, bad_usage);
     tcase_add_test(t, empty_prompt_with_image_is_fine);
