@@ -645,10 +645,71 @@ static void attend_packed(const ops_kernels *kt, float *out, int ldo, const floa
     free(ap);
 }
 
+/* attend_packed under ops_set_bf16_matmul: queries, keys, scores and values
+ * rounded to bf16 for the two products, which then run on the bf16 kernel.
+ * The pairs want an even key count: an odd one gets a zero key, whose score
+ * column is zeroed after the softmax. */
+static void attend_packed_bf16(const ops_kernels *kt, float *out, int ldo, const float *q, int ldq, const float *k,
+                               const float *v, int ldk, int nq, int nk, int dim, float scale, int causal_past) {
+    int nr = kt->gemm_nr, mr = kt->gemm_mr, qb = nq < ATTEND_QBLOCK ? nq : ATTEND_QBLOCK;
+    int nke = nk + (nk & 1);
+    size_t kpad = (size_t)(nk + nr - 1) / nr * nr, dpad = (size_t)(dim + nr - 1) / nr * nr;
+    size_t apad = (size_t)padded_rows(kt, qb), widest = (size_t)(dim > nke ? dim : nke);
+    uint16_t *kb = malloc(sizeof(uint16_t) * (size_t)nke * dim), *vb = malloc(sizeof(uint16_t) * (size_t)nke * dim);
+    uint32_t *kp = malloc(sizeof(uint32_t) * kpad * dim / 2), *vp = malloc(sizeof(uint32_t) * dpad * nke / 2);
+    float *ap = malloc(sizeof(float) * apad * widest), *sc = malloc(sizeof(float) * (size_t)qb * nke);
+    if (!kb || !vb || !kp || !vp || !ap || !sc) abort();      /* a few MB at most */
+    for (int j = 0; j < nke; j++)
+        for (int d = 0; d < dim; d++) {
+            kb[(size_t)j * dim + d] = j < nk ? qvl_f32_to_bf16(k[(size_t)j * ldk + d]) : 0;
+            vb[(size_t)j * dim + d] = j < nk ? qvl_f32_to_bf16(v[(size_t)j * ldk + d]) : 0;
+        }
+    /* K^T: panels of nr keys, dim deep; V: panels of nr dims, nke deep */
+    for (int c0 = 0; c0 < nk; c0 += nr)
+        for (int pc = 0; pc < dim; pc += GEMM_KC)
+            kt->gemm_bf16_pack_b(kp + (size_t)c0 * (dim / 2) + (size_t)pc / 2 * nr, kb + (size_t)c0 * dim + pc, dim, 0,
+                                 nk - c0 < nr ? nk - c0 : nr, dim - pc < GEMM_KC ? dim - pc : GEMM_KC);
+    for (int c0 = 0; c0 < dim; c0 += nr)
+        for (int pc = 0; pc < nke; pc += GEMM_KC)
+            kt->gemm_bf16_pack_b(vp + (size_t)c0 * (nke / 2) + (size_t)pc / 2 * nr, vb + (size_t)pc * dim + c0, dim, 1,
+                                 dim - c0 < nr ? dim - c0 : nr, nke - pc < GEMM_KC ? nke - pc : GEMM_KC);
+    const uint32_t *aw = (const uint32_t *)(const void *)ap;
+    for (int i0 = 0; i0 < nq; i0 += qb) {
+        int rows = nq - i0 < qb ? nq - i0 : qb, mpad = padded_rows(kt, rows), groups = mpad / mr;
+        int seen = causal_past < 0 ? nk : causal_past + i0 + rows;
+        if (seen > nk) seen = nk;
+        int seen_e = seen + (seen & 1);
+        pack_a(kt, 1, ap, q + (size_t)i0 * ldq, ldq, rows, dim, 0, groups);
+        for (int pc = 0; pc < dim; pc += GEMM_KC) {
+            int kcb = dim - pc < GEMM_KC ? dim - pc : GEMM_KC;
+            for (int c0 = 0; c0 < seen; c0 += nr)
+                for (int ir = 0; ir < mpad; ir += mr)
+                    kt->gemm_bf16_kernel(kcb, aw + (size_t)pc * mpad + (size_t)ir * kcb,
+                                         kp + (size_t)c0 * (dim / 2) + (size_t)pc / 2 * nr, sc + (size_t)ir * seen_e + c0,
+                                         seen_e, pc > 0, rows - ir < mr ? rows - ir : mr, seen - c0 < nr ? seen - c0 : nr);
+        }
+        softmax_rows(kt, sc, seen_e, rows, seen, seen_e, scale, causal_past < 0 ? -1 : causal_past + i0);
+        pack_a(kt, 1, ap, sc, seen_e, rows, seen_e, 0, groups);
+        for (int pc = 0; pc < seen_e; pc += GEMM_KC) {
+            int kcb = seen_e - pc < GEMM_KC ? seen_e - pc : GEMM_KC;
+            for (int c0 = 0; c0 < dim; c0 += nr)
+                for (int ir = 0; ir < mpad; ir += mr)
+                    kt->gemm_bf16_kernel(kcb, aw + (size_t)pc * mpad + (size_t)ir * kcb,
+                                         vp + (size_t)c0 * (nke / 2) + (size_t)pc / 2 * nr, out + (size_t)(i0 + ir) * ldo + c0,
+                                         ldo, pc > 0, rows - ir < mr ? rows - ir : mr, dim - c0 < nr ? dim - c0 : nr);
+        }
+    }
+    free(kb); free(vb); free(kp); free(vp); free(ap); free(sc);
+}
+
 void attend_block(float *out, int ldo, const float *q, int ldq, const float *k, const float *v, int ldk,
                   int nq, int nk, int dim, float scale, int causal_past, float *scores) {
     const ops_kernels *kt = kernels();
     if (nq <= 0 || nk <= 0) return;
+    if (bf16_matmul && kt->gemm_bf16_kernel && dim % 2 == 0) {
+        attend_packed_bf16(kt, out, ldo, q, ldq, k, v, ldk, nq, nk, dim, scale, causal_past);
+        return;
+    }
     if (kt->gemm_mr) { attend_packed(kt, out, ldo, q, ldq, k, v, ldk, nq, nk, dim, scale, causal_past, scores); return; }
     pthread_once(&blas_once, blas_single_threaded);
     for (int i0 = 0; i0 < nq; i0 += ATTEND_QBLOCK) {

@@ -263,6 +263,32 @@ START_TEST(bf16_matmul_matches_rounded_reference) {
 }
 END_TEST
 
+/* Attention over a block of queries under --matmul bf16 (queries, keys,
+ * scores and values rounded to bf16): close to the float path, with and
+ * without a causal mask, for an odd key count (padded with a zero key). */
+START_TEST(bf16_attention_is_close_to_float) {
+    ops_force_kernel(NULL);
+    if (ops_set_bf16_matmul(1)) { fprintf(stderr, "no AVX512_BF16 here, skipped\n"); return; }
+    ops_set_bf16_matmul(0);
+    enum { NQ = 30, NK = 37, DIM = 64, LD = 70 };
+    uint32_t seed = 8;
+    float *q = random_floats((size_t)NQ * LD, &seed, -1, 1), *k = random_floats((size_t)NK * LD, &seed, -1, 1);
+    float *v = random_floats((size_t)NK * LD, &seed, -1, 1), *scores = malloc(sizeof(float) * NQ * NK);
+    float *want = malloc(sizeof(float) * NQ * DIM), *got = malloc(sizeof(float) * NQ * DIM);
+    int pasts[2] = { -1, NK - NQ };
+    for (int c = 0; c < 2; c++) {
+        attend_block(want, DIM, q, LD, k, v, LD, NQ, NK, DIM, 0.125f, pasts[c], scores);
+        ops_set_bf16_matmul(1);
+        attend_block(got, DIM, q, LD, k, v, LD, NQ, NK, DIM, 0.125f, pasts[c], scores);
+        ops_set_bf16_matmul(0);
+        double worst = 0;
+        for (int i = 0; i < NQ * DIM; i++) worst = fmax(worst, fabs(got[i] - want[i]));
+        ck_assert_msg(worst < 1e-2 && worst > 0, "causal_past %d: largest difference %g", pasts[c], worst);
+    }
+    free(q); free(k); free(v); free(scores); free(want); free(got);
+}
+END_TEST
+
 START_TEST(unknown_kernel_is_refused) {
     ck_assert_int_eq(ops_force_kernel("sse9"), -1);
     ck_assert_int_eq(ops_force_kernel("portable"), 0);
@@ -452,6 +478,7 @@ int main(void) {
     tcase_add_test(k, gemm_rows_are_independent);
     tcase_add_test(k, unknown_kernel_is_refused);
     tcase_add_test(k, bf16_matmul_matches_rounded_reference);
+    tcase_add_test(k, bf16_attention_is_close_to_float);
     tcase_add_loop_test(k, activations_match_libm, 0, NKERNELS);
     tcase_add_loop_test(k, softmax_matches_reference, 0, NKERNELS);
     tcase_add_loop_test(k, attention_groups_match_reference, 0, NKERNELS);
