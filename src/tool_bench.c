@@ -98,6 +98,8 @@ typedef struct {
     stat ttft_ms;
     long long kv_bytes, kv_bytes_per_token;
     long long peak_rss_bytes;
+    double read_gb_s;               /* memory read bandwidth with the run's threads */
+    long long decode_bytes;         /* weight bytes one generated token reads */
 } bench_result;
 
 /* A running mean and standard deviation. */
@@ -227,6 +229,70 @@ static long long quantizable_bytes(qvl_model *m) {
     matrix_sum s = { m, 0 };
     quant_for_each_matrix(m, add_matrix, &s);
     return s.bytes;
+}
+
+/* The weight bytes one generated token reads: every text matrix (the tied
+ * lm_head included: it is the embedding, read whole), of a MoE layer's
+ * experts only the routed share; plus one embedding row. */
+typedef struct {
+    const qvl_model *m;
+    long long dense, experts;
+} decode_sum;
+
+static int add_decoded(void *ctx, const char *name, qvl_weight *w) {
+    decode_sum *s = ctx;
+    if (strstr(name, ".experts.")) s->experts += matrix_bytes(w);
+    else s->dense += matrix_bytes(w);
+    return 0;
+}
+
+static long long decode_bytes(qvl_model *m) {
+    decode_sum s = { m, 0, 0 };
+    quant_for_each_matrix(m, add_decoded, &s);
+    const qvl_text_config *tc = &m->cfg.text;
+    long long routed = tc->num_experts ? s.experts * tc->experts_per_tok / tc->num_experts : 0;
+    return s.dense + routed + (long long)tc->hidden * (long long)qvl_dtype_size(m->text.embed.dtype);
+}
+
+/* Memory read bandwidth: the pool's threads stream a buffer far larger than
+ * the caches, each its share, best of three passes.  Decoding reads every
+ * weight once per token, so bandwidth over decode_bytes is its speed limit. */
+#define BW_BYTES (256u << 20)
+#define BW_ITEMS 256
+
+typedef struct {
+    const uint64_t *words;
+    uint64_t sums[BW_ITEMS];
+} bw_job;
+
+static void bw_read(void *arg, int begin, int end) {
+    bw_job *j = arg;
+    size_t per = BW_BYTES / sizeof(uint64_t) / BW_ITEMS;
+    for (int i = begin; i < end; i++) {
+        const uint64_t *w = j->words + (size_t)i * per;
+        uint64_t a = 0, b = 0, c = 0, d = 0;
+        for (size_t k = 0; k < per; k += 4) { a += w[k]; b += w[k + 1]; c += w[k + 2]; d += w[k + 3]; }
+        j->sums[i] = a + b + c + d;
+    }
+}
+
+static double read_bandwidth(void) {
+    bw_job *j = malloc(sizeof *j);
+    uint64_t *words = malloc(BW_BYTES);
+    double best = 0;
+    if (j && words) {
+        memset(words, 1, BW_BYTES);
+        j->words = words;
+        for (int r = 0; r < 3; r++) {
+            double t0 = qvl_now();
+            parallel_for(BW_ITEMS, bw_read, j);
+            double gb_s = BW_BYTES / (qvl_now() - t0) / 1e9;
+            if (gb_s > best) best = gb_s;
+        }
+    }
+    free(words);
+    free(j);
+    return best;
 }
 
 /* The decoder's cache holds float32 keys and values for every layer
@@ -466,6 +532,11 @@ static int bench_run(const bench_opts *o, bench_result *r, char *err) {
         if (measure_ttft(m, &pp, &pics[1], o->reps, logits, &r->ttft_tokens, &r->ttft_ms, err)) goto done;
     }
     r->peak_rss_bytes = peak_rss_bytes();
+    r->decode_bytes = decode_bytes(m);
+    if (o->tg > 0) {            /* after peak RSS, which the buffer would count */
+        progress(o, "memory read bandwidth");
+        r->read_gb_s = read_bandwidth();
+    }
     rc = 0;
 done:
     pixels_free(&warm);
@@ -548,6 +619,14 @@ static void print_table(FILE *f, const bench_result *r) {
     if (r->tg > 0) {
         snprintf(what, sizeof what, "generation (tg%d after %d tokens)", r->tg, r->pp > 0 ? r->pp : 1);
         row(f, what, plus_minus(&r->tg_tok_s, "%.2f", "tok/s", v, sizeof v));
+        snprintf(v, sizeof v, "%.1f GB/s", r->read_gb_s);
+        row(f, "  memory read bandwidth", v);
+        if (r->read_gb_s > 0) {
+            double limit = r->read_gb_s * 1e9 / (double)r->decode_bytes;
+            snprintf(what, sizeof what, "  its limit (%s per token)", human_bytes(r->decode_bytes, p1, sizeof p1));
+            snprintf(v, sizeof v, "%.2f tok/s (at %.0f%%)", limit, 100 * r->tg_tok_s.mean / limit);
+            row(f, what, v);
+        }
     }
     for (int i = 0; i < 2 && r->images; i++) {
         const image_result *im = &r->img[i];
@@ -616,6 +695,14 @@ static char *result_json(const bench_result *r, int reps) {
     add_stat(o, "pp_tok_s", &r->pp_tok_s, r->pp > 0, 1e-3);
     cJSON_AddNumberToObject(o, "tg_tokens", r->tg);
     add_stat(o, "tg_tok_s", &r->tg_tok_s, r->tg > 0, 1e-3);
+    cJSON_AddNumberToObject(o, "decode_bytes_per_token", (double)r->decode_bytes);
+    if (r->tg > 0 && r->read_gb_s > 0) {
+        cJSON_AddNumberToObject(o, "read_gb_s", rounded(r->read_gb_s, 1e-2));
+        cJSON_AddNumberToObject(o, "tg_limit_tok_s", rounded(r->read_gb_s * 1e9 / (double)r->decode_bytes, 1e-3));
+    } else {
+        cJSON_AddNullToObject(o, "read_gb_s");
+        cJSON_AddNullToObject(o, "tg_limit_tok_s");
+    }
     for (int i = 0; i < 2; i++) {
         const image_result *im = &r->img[i];
         char k[64];

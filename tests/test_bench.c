@@ -49,6 +49,7 @@ static const struct { const char *key; int kind; } FIELDS[] = {
     { "weights_bytes", 1 }, { "threads", 1 }, { "kernel", 0 }, { "matmul", 0 }, { "openblas_core", 0 }, { "quant", 0 },
     { "quant_kernel", STRING_OR_NULL }, { "reps", 1 }, { "load_s", 1 }, { "quantize_s", 1 }, { "warmup_s", 1 }, { "pp_tokens", 1 }, { "pp_tok_s", 1 }, { "pp_tok_s_sd", 1 },
     { "tg_tokens", 1 }, { "tg_tok_s", 1 }, { "tg_tok_s_sd", 1 },
+    { "decode_bytes_per_token", 1 }, { "read_gb_s", 1 }, { "tg_limit_tok_s", 1 },
     { "img448x448_size", 0 }, { "img448x448_tokens", 1 }, { "img448x448_preprocess_ms", 1 },
     { "img448x448_preprocess_ms_sd", 1 }, { "img448x448_encode_ms", 1 }, { "img448x448_encode_ms_sd", 1 },
     { "img1024x768_size", 0 }, { "img1024x768_tokens", 1 }, { "img1024x768_preprocess_ms", 1 },
@@ -91,6 +92,11 @@ static void check_measured(const cJSON *j) {
         ck_assert_msg(num(j, positive[i]) > 0, "%s = %g", positive[i], num(j, positive[i]));
     ck_assert_msg(num(j, "pp_tok_s_sd") >= 0 && num(j, "tg_tok_s_sd") >= 0, "negative deviation");
     ck_assert(num(j, "peak_rss_bytes") >= num(j, "weights_bytes"));
+    /* a token reads most of the text weights, never more than all weights */
+    ck_assert(num(j, "decode_bytes_per_token") > 0 && num(j, "decode_bytes_per_token") < num(j, "weights_bytes"));
+    ck_assert(num(j, "read_gb_s") > 0);
+    ck_assert(fabs(num(j, "tg_limit_tok_s") - num(j, "read_gb_s") * 1e9 / num(j, "decode_bytes_per_token")) <
+              1e-3 * num(j, "tg_limit_tok_s") + 1e-3);
 }
 
 /* Both the demo model and the tiny synthetic ones allow at most 16384 pixels
@@ -175,6 +181,7 @@ START_TEST(skipped_measurements_are_null) {
     cJSON *j = last_line_json(out);
     ck_assert(is_null(j, "pp_tok_s") && is_null(j, "pp_tok_s_sd"));
     ck_assert(is_null(j, "tg_tok_s") && is_null(j, "tg_tok_s_sd"));
+    ck_assert(is_null(j, "read_gb_s") && is_null(j, "tg_limit_tok_s"));
     ck_assert(num(j, "img448x448_encode_ms") > 0);
     cJSON_Delete(j);
     free(out);
@@ -246,7 +253,7 @@ END_TEST
  * lookup and gains a quantized copy as lm_head.) */
 START_TEST(quantized_weights_shrink) {
     char args[4400], *out, *err;
-    double bytes[3];
+    double bytes[3], decoded[3];
     static const char *const q[] = { "none", "q8", "q4" };
     for (int i = 0; i < 3; i++) {
         snprintf(args, sizeof args, "-m '%s' --quant %s --pp 4 --tg 2 --reps 1 --json-only",
@@ -259,12 +266,35 @@ START_TEST(quantized_weights_shrink) {
         ck_assert_int_eq(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(j, "quant_kernel")), i == 0);
         ck_assert(num(j, "tg_tok_s") > 0);
         bytes[i] = num(j, "weights_bytes");
+        decoded[i] = num(j, "decode_bytes_per_token");
         cJSON_Delete(j);
         free(out);
         free(err);
     }
     ck_assert_msg(bytes[2] < bytes[1] && bytes[1] != bytes[0], "weights: bf16 %.0f, q8 %.0f, q4 %.0f bytes",
                   bytes[0], bytes[1], bytes[2]);
+    /* a generated token reads the quantized matrices: fewer bytes at fewer bits */
+    ck_assert_msg(decoded[1] < 0.6 * decoded[0] && decoded[2] < decoded[1],
+                  "bytes per token: bf16 %.0f, q8 %.0f, q4 %.0f", decoded[0], decoded[1], decoded[2]);
+}
+END_TEST
+
+/* --matmul bf16 is reported, and runs where the CPU has AVX512_BF16 (an
+ * error naming the option elsewhere). */
+START_TEST(bf16_matmul_is_reported) {
+    char *out, *err;
+    int st = bench("--pp 8 --tg 2 --reps 1 --no-images --matmul bf16 --json-only", &out, &err);
+    if (st == 1) {
+        ck_assert_str_eq(err, "qvl bench: --matmul bf16: this CPU lacks AVX512_BF16\n");
+    } else {
+        ck_assert_msg(st == 0, "exit %d: %s", st, err);
+        cJSON *j = last_line_json(out);
+        ck_assert_str_eq(str(j, "matmul"), "bf16");
+        ck_assert(num(j, "pp_tok_s") > 0);
+        cJSON_Delete(j);
+    }
+    free(out);
+    free(err);
 }
 END_TEST
 
@@ -313,6 +343,7 @@ int main(void) {
     tcase_add_test(tc, synthetic_model_without_tokenizer);
     tcase_add_test(tc, quantized_weights_shrink);
     tcase_add_test(tc, usage_errors);
+    tcase_add_test(tc, bf16_matmul_is_reported);
     tcase_add_test(tc, bad_model_dir);
     suite_add_tcase(s, tc);
     return run_suite(s);
