@@ -13,7 +13,9 @@
  *
  * Prefill and the vision encoder run a 12 x 32 register-blocked product over
  * packed operands (the weights widened while they are packed), ~94% of the
- * FMA peak on its own; ops.c drives it.
+ * FMA peak on its own; ops.c drives it.  With AVX512_BF16 a second table,
+ * "avx512bf16", adds the same block on vdpbf16ps for --matmul bf16 (bf16
+ * weights packed as stored, activations rounded to bf16).
  *
  * exp is the Cephes polynomial on [-ln2/2, ln2/2] with the exponent applied
  * by vscalefps (which also gives 0 and inf at the ends of the range): about

@@ -11,6 +11,12 @@
  * float in a per-thread buffer and handed to OpenBLAS sgemm, single-threaded,
  * while our pool runs the tiles.  Work is split by fixed tiles of outputs, so
  * each output is computed the same way whatever the thread count.
+ * With ops_set_bf16_matmul on (--matmul bf16) and a CPU with AVX512_BF16,
+ * products over bf16 weights, and attention over many queries, take a second
+ * kernel instead: activations rounded to bf16 and multiplied in pairs by the
+ * dot-product instruction, twice the multiplies per instruction at about
+ * 1e-3 relative error; off by default, since it gives up the reference's
+ * float numerics.
  * matmul_batch runs several products (q/k/v, gate/up, the routed experts) in
  * a single pass of the pool.  Attention over many queries uses the same
  * packed product (or sgemm) for its two products.
