@@ -23,11 +23,16 @@ typedef struct {
 } qvl_image_input;
 
 /* A cache for up to ctx tokens (memory is reserved, pages are touched only as
- * the conversation grows).  The model must outlive the cache. */
+ * the conversation grows).  The model must outlive the cache.  Keys and
+ * values are stored as floats (cache_new), or with cache_new_as(..., QVL_F16)
+ * as IEEE halves: half the memory, each value rounded to nearest once when it
+ * is written, read back exactly. */
 qvl_cache *cache_new(const qvl_model *m, int ctx, char *err);
+qvl_cache *cache_new_as(const qvl_model *m, int ctx, qvl_dtype kv, char *err);
 void cache_free(qvl_cache *c);
 int cache_len(const qvl_cache *c);        /* tokens held */
 int cache_ctx(const qvl_cache *c);        /* capacity */
+qvl_dtype cache_dtype(const qvl_cache *c);/* QVL_F32 or QVL_F16 */
 int cache_next_pos(const qvl_cache *c);   /* the scalar position the next text token gets */
 /* Forgets every token from n on (0 <= n <= len), restoring the position state
  * the cache had after its first n tokens. */
