@@ -5,7 +5,9 @@
  *   per layer:
  *     h = RMSNorm(x); q, k, v = projections; RMSNorm per head on q and k;
  *     mRoPE on q and k at each token's (t, h, w) position;
- *     k, v appended to the cache; causal attention of each new query over
+ *     k, v appended to the cache (as floats, or rounded once to IEEE halves
+ *     in an f16 cache, which attention widens back exactly as it reads
+ *     them); causal attention of each new query over
  *     cache rows 0 .. past+i (grouped-query: kv head = head / (heads/kv_heads))
  *     x += o_proj(attn);  x += MLP(RMSNorm(x))   (SwiGLU, or the MoE block)
  *     after layer j < n_deepstack: x += DeepStack feature j at image tokens
@@ -90,7 +92,6 @@ void cache_free(qvl_cache *c) {
 
 int cache_len(const qvl_cache *c) { return c->len; }
 int cache_ctx(const qvl_cache *c) { return c->ctx; }
-qvl_dtype cache_dtype(const qvl_cache *c) { return c->kv; }
 int cache_next_pos(const qvl_cache *c) { return c->len ? c->next_after[c->len - 1] : 0; }
 
 int cache_truncate(qvl_cache *c, int n, char *err) {

@@ -32,7 +32,6 @@ qvl_cache *cache_new_as(const qvl_model *m, int ctx, qvl_dtype kv, char *err);
 void cache_free(qvl_cache *c);
 int cache_len(const qvl_cache *c);        /* tokens held */
 int cache_ctx(const qvl_cache *c);        /* capacity */
-qvl_dtype cache_dtype(const qvl_cache *c);/* QVL_F32 or QVL_F16 */
 int cache_next_pos(const qvl_cache *c);   /* the scalar position the next text token gets */
 /* Forgets every token from n on (0 <= n <= len), restoring the position state
  * the cache had after its first n tokens. */

@@ -20,7 +20,8 @@
  * 1 ulp, fast enough for the softmaxes of long attention rows and for SiLU
  * and GELU, which are both written as x * sigmoid(.) around it.  Decoding
  * attention keeps a head's accumulators in registers and prefetches the
- * cached keys and values ahead. */
+ * cached keys and values ahead (floats, or halves that vcvtph2ps widens:
+ * an f16 cache is half the bytes to stream). */
 #include "kernels.h"
 
 #if defined(__x86_64__) || defined(__i386__)

@@ -13,7 +13,8 @@
  * each output is computed the same way whatever the thread count.
  * matmul_batch runs several products (q/k/v, gate/up, the routed experts) in
  * a single pass of the pool.  Attention over many queries uses the same
- * packed product (or sgemm) for its two products.
+ * packed product (or sgemm) for its two products; an f16 KV cache's halves
+ * are widened as its keys and values are packed (or before sgemm).
  *
  * The innermost loops live in kernel tables (kernels.h): AVX-512, AVX2 or
  * portable C, the best the CPU has picked at run time. */
