@@ -74,7 +74,7 @@ uint16_t qvl_f32_to_f16(float f) {
     uint32_t x = v.u, sign = (x >> 16) & 0x8000;
     int32_t exp = (int32_t)((x >> 23) & 0xff) - 127 + 15;
     uint32_t man = x & 0x7fffff;
-    if (((x >> 23) & 0xff) == 0xff) return (uint16_t)(sign | 0x7c00 | (man ? 0x200 : 0));
+    if (((x >> 23) & 0xff) == 0xff) return (uint16_t)(sign | 0x7c00 | (man ? 0x200 | (man >> 13) : 0));
     if (exp >= 31) return (uint16_t)(sign | 0x7c00);
     if (exp <= 0) {
         if (exp < -10) return (uint16_t)sign;

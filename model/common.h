@@ -30,6 +30,8 @@ static inline uint16_t qvl_f32_to_bf16(float f) {
     return (uint16_t)((v.u + rounding) >> 16);
 }
 float qvl_f16_to_f32(uint16_t h);
+/* Round to nearest even, overflow to infinity, NaN kept quiet with the top of
+ * its payload: the same bits as the F16C instruction vcvtps2ph. */
 uint16_t qvl_f32_to_f16(float f);
 
 /* Monotonic clock in seconds. */

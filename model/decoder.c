@@ -5,7 +5,9 @@
  *   per layer:
  *     h = RMSNorm(x); q, k, v = projections; RMSNorm per head on q and k;
  *     mRoPE on q and k at each token's (t, h, w) position;
- *     k, v appended to the cache; causal attention of each new query over
+ *     k, v appended to the cache (as floats, or rounded once to IEEE halves
+ *     in an f16 cache, which attention widens back exactly as it reads
+ *     them); causal attention of each new query over
  *     cache rows 0 .. past+i (grouped-query: kv head = head / (heads/kv_heads))
  *     x += o_proj(attn);  x += MLP(RMSNorm(x))   (SwiGLU, or the MoE block)
  *     after layer j < n_deepstack: x += DeepStack feature j at image tokens
@@ -31,16 +33,24 @@ struct qvl_cache {
     const qvl_model *m;
     int ctx, len;
     int kvd;                /* kv_heads * head_dim: one token's keys in one layer */
-    float *k, *v;           /* [layers][kv_heads][ctx][head_dim] */
+    qvl_dtype kv;           /* what k and v hold: QVL_F32 or QVL_F16 */
+    size_t es;              /* its size */
+    void *k, *v;            /* [layers][kv_heads][ctx][head_dim] */
     int *next_after;        /* [ctx]: next scalar position after token i */
     qvl_mrope rope;
     fwd_scratch *step;      /* decoding's scratch, kept between tokens */
     float *scores;          /* decoding attention: [heads][ctx] */
 };
 
-qvl_cache *cache_new(const qvl_model *m, int ctx, char *err) {
+qvl_cache *cache_new(const qvl_model *m, int ctx, char *err) { return cache_new_as(m, ctx, QVL_F32, err); }
+
+qvl_cache *cache_new_as(const qvl_model *m, int ctx, qvl_dtype kv, char *err) {
     const qvl_text_config *tc = &m->cfg.text;
     if (ctx < 1) { qvl_seterr(err, "context size %d: must be at least 1", ctx); return NULL; }
+    if (kv != QVL_F32 && kv != QVL_F16) {
+        qvl_seterr(err, "KV cache: keys and values are stored as F32 or F16, not %s", qvl_dtype_name(kv));
+        return NULL;
+    }
     if (tc->heads < 1 || tc->kv_heads < 1 || tc->heads % tc->kv_heads) {
         qvl_seterr(err, "%d attention heads cannot share %d key/value heads", tc->heads, tc->kv_heads);
         return NULL;
@@ -51,14 +61,16 @@ qvl_cache *cache_new(const qvl_model *m, int ctx, char *err) {
     c->m = m;
     c->ctx = ctx;
     c->kvd = tc->kv_heads * tc->head_dim;
+    c->kv = kv;
+    c->es = qvl_dtype_size(kv);
     size_t per = (size_t)tc->layers * (size_t)ctx * (size_t)c->kvd;
-    c->k = malloc(per * sizeof(float));
-    c->v = malloc(per * sizeof(float));
+    c->k = malloc(per * c->es);
+    c->v = malloc(per * c->es);
     c->next_after = malloc((size_t)ctx * sizeof(int));
     c->scores = malloc((size_t)tc->heads * (size_t)ctx * sizeof(float));
     if (!c->k || !c->v || !c->next_after || !c->scores) {
         qvl_seterr(err, "out of memory for a KV cache of %d tokens (%.1f MB)", ctx,
-                   2.0 * (double)per * sizeof(float) / 1e6);
+                   2.0 * (double)per * (double)c->es / 1e6);
         cache_free(c);
         return NULL;
     }
@@ -158,9 +170,18 @@ static int scratch_alloc(fwd_scratch *s, const qvl_text_config *tc, int n) {
 
 /* The cache is head-major, [layer][kv head][ctx][head_dim]: one head's keys
  * (or values) are one contiguous run, which decoding streams through. */
-static float *cache_head(const qvl_cache *c, float *base, int layer, int kvh) {
+static void *cache_head(const qvl_cache *c, void *base, int layer, int kvh) {
     const qvl_text_config *tc = &c->m->cfg.text;
-    return base + (((size_t)layer * tc->kv_heads + (size_t)kvh) * (size_t)c->ctx) * (size_t)tc->head_dim;
+    return (char *)base + (((size_t)layer * tc->kv_heads + (size_t)kvh) * (size_t)c->ctx) * (size_t)tc->head_dim * c->es;
+}
+
+/* Token `at`'s keys (or values) of one head from a row of the projections:
+ * copied, or rounded to halves once here and never again. */
+static void cache_put(const qvl_cache *c, void *head, int at, const float *src) {
+    int hd = c->m->cfg.text.head_dim;
+    char *dst = (char *)head + (size_t)at * (size_t)hd * c->es;
+    if (c->kv == QVL_F16) round_to_f16((uint16_t *)dst, src, hd);
+    else memcpy(dst, src, (size_t)hd * sizeof(float));
 }
 
 typedef struct {
@@ -181,7 +202,7 @@ static void attention_one(void *p, int begin, int end) {
     for (int kvh = begin; kvh < end; kvh++) {
         size_t off = (size_t)kvh * group * hd;
         attend_group(j->out + off, j->q + off, group, cache_head(c, c->k, j->layer, kvh),
-                     cache_head(c, c->v, j->layer, kvh), j->past + 1, hd, hd, scale,
+                     cache_head(c, c->v, j->layer, kvh), c->kv, j->past + 1, hd, hd, scale,
                      c->scores + (size_t)kvh * group * c->ctx);
     }
 }
@@ -200,7 +221,7 @@ static void attention_heads(void *p, int begin, int end) {
     for (int h = begin; h < end; h++) {
         int kvh = h / group;
         attend_block(j->out + (size_t)h * hd, qd, j->q + (size_t)h * hd, qd, cache_head(c, c->k, j->layer, kvh),
-                     cache_head(c, c->v, j->layer, kvh), hd, j->n, nk, hd, scale, j->past, scores);
+                     cache_head(c, c->v, j->layer, kvh), c->kv, hd, j->n, nk, hd, scale, j->past, scores);
     }
     free(scores);
 }
@@ -240,10 +261,10 @@ static void self_attention(qvl_cache *c, const qvl_layer *L, int layer, fwd_scra
     rotate_job rj = { tc, L, s };
     parallel_for(n, norm_and_rotate, &rj);
     for (int h = 0; h < tc->kv_heads; h++) {
-        float *kc = cache_head(c, c->k, layer, h), *vc = cache_head(c, c->v, layer, h);
+        void *kc = cache_head(c, c->k, layer, h), *vc = cache_head(c, c->v, layer, h);
         for (int i = 0; i < n; i++) {
-            memcpy(kc + (size_t)(c->len + i) * hd, s->k + (size_t)i * kvd + (size_t)h * hd, (size_t)hd * sizeof(float));
-            memcpy(vc + (size_t)(c->len + i) * hd, s->v + (size_t)i * kvd + (size_t)h * hd, (size_t)hd * sizeof(float));
+            cache_put(c, kc, c->len + i, s->k + (size_t)i * kvd + (size_t)h * hd);
+            cache_put(c, vc, c->len + i, s->v + (size_t)i * kvd + (size_t)h * hd);
         }
     }
     attn_job job = { c, s->q, s->att, layer, c->len, n };

@@ -23,8 +23,12 @@ typedef struct {
 } qvl_image_input;
 
 /* A cache for up to ctx tokens (memory is reserved, pages are touched only as
- * the conversation grows).  The model must outlive the cache. */
+ * the conversation grows).  The model must outlive the cache.  Keys and
+ * values are stored as floats (cache_new), or with cache_new_as(..., QVL_F16)
+ * as IEEE halves: half the memory, each value rounded to nearest once when it
+ * is written, read back exactly. */
 qvl_cache *cache_new(const qvl_model *m, int ctx, char *err);
+qvl_cache *cache_new_as(const qvl_model *m, int ctx, qvl_dtype kv, char *err);
 void cache_free(qvl_cache *c);
 int cache_len(const qvl_cache *c);        /* tokens held */
 int cache_ctx(const qvl_cache *c);        /* capacity */

@@ -60,11 +60,16 @@ typedef struct {
 
     /* Decoding attention for `group` query heads sharing one key/value head:
      * scores[g*ldsc + j] = scale * q_g . k_j, j < n (q heads dim apart, keys
-     * `stride` floats apart); then out_g = sum_j p[g*ldsc + j] v_j. */
-    void (*attn_scores)(float *scores, int ldsc, const float *q, int group, const float *k, int n,
+     * `stride` elements apart); then out_g = sum_j p[g*ldsc + j] v_j.  Keys
+     * and values are of type t, QVL_F32 or QVL_F16 (widened in registers):
+     * halves give the same bits as floats holding the same values. */
+    void (*attn_scores)(float *scores, int ldsc, const float *q, int group, const void *k, qvl_dtype t, int n,
                         int stride, int dim, float scale);
-    void (*attn_values)(float *out, const float *p, int ldsc, int group, const float *v, int n,
+    void (*attn_values)(float *out, const float *p, int ldsc, int group, const void *v, qvl_dtype t, int n,
                         int stride, int dim);
+    /* dst[0..n) = src[0..n) as IEEE halves, rounded to nearest even: the
+     * same bits in every table (qvl_f32_to_f16). */
+    void (*narrow_f16)(uint16_t *dst, const float *src, int n);
 
     /* Matrix-matrix products over bf16 weights with the activations rounded
      * to bf16 and the AVX512_BF16 dot-product instruction (NULL: none; same

@@ -249,38 +249,69 @@ AVX2 static void gelu_tanh(float *x, int n) {
 
 /* ---------------------------------------------------------------- decoding attention */
 
-AVX2 static void attn_scores(float *scores, int ldsc, const float *q, int group, const float *k, int n,
-                             int stride, int dim, float scale) {
-    if (dim % 8) { kernels_portable()->attn_scores(scores, ldsc, q, group, k, n, stride, dim, scale); return; }
+/* 8 keys or values at element i of a row of type t (QVL_F32 or QVL_F16). */
+AVX2 INLINE __m256 kv8(const void *row, qvl_dtype t, size_t i) {
+    if (t == QVL_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + i)));
+    return _mm256_loadu_ps((const float *)row + i);
+}
+
+/* The loops take the type as a constant: each caller below gets its own copy. */
+AVX2 INLINE void scores_of(float *scores, int ldsc, const float *q, int group, const void *k, qvl_dtype t, int n,
+                           int stride, int dim, float scale) {
     for (int j = 0; j < n; j++) {
-        const float *kj = k + (size_t)j * stride;
+        size_t at = (size_t)j * stride;
         for (int g = 0; g < group; g++) {
             const float *qg = q + (size_t)g * dim;
             __m256 a = _mm256_setzero_ps();
-            for (int d = 0; d < dim; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(qg + d), _mm256_loadu_ps(kj + d), a);
+            for (int d = 0; d < dim; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(qg + d), kv8(k, t, at + d), a);
             scores[(size_t)g * ldsc + j] = hsum(a) * scale;
         }
     }
 }
 
-AVX2 static void attn_values(float *out, const float *p, int ldsc, int group, const float *v, int n,
-                             int stride, int dim) {
-    if (dim % 8) { kernels_portable()->attn_values(out, p, ldsc, group, v, n, stride, dim); return; }
+AVX2 static void attn_scores(float *scores, int ldsc, const float *q, int group, const void *k, qvl_dtype t, int n,
+                             int stride, int dim, float scale) {
+    if (dim % 8) { kernels_portable()->attn_scores(scores, ldsc, q, group, k, t, n, stride, dim, scale); return; }
+    if (t == QVL_F16) scores_of(scores, ldsc, q, group, k, QVL_F16, n, stride, dim, scale);
+    else scores_of(scores, ldsc, q, group, k, QVL_F32, n, stride, dim, scale);
+}
+
+AVX2 INLINE void values_of(float *out, const float *p, int ldsc, int group, const void *v, qvl_dtype t, int n,
+                           int stride, int dim) {
     memset(out, 0, (size_t)group * dim * sizeof(float));
     for (int j = 0; j < n; j++) {
-        const float *vj = v + (size_t)j * stride;
+        size_t at = (size_t)j * stride;
         for (int g = 0; g < group; g++) {
             __m256 a = _mm256_set1_ps(p[(size_t)g * ldsc + j]);
             float *o = out + (size_t)g * dim;
             for (int d = 0; d < dim; d += 8)
-                _mm256_storeu_ps(o + d, _mm256_fmadd_ps(a, _mm256_loadu_ps(vj + d), _mm256_loadu_ps(o + d)));
+                _mm256_storeu_ps(o + d, _mm256_fmadd_ps(a, kv8(v, t, at + d), _mm256_loadu_ps(o + d)));
         }
+    }
+}
+
+AVX2 static void attn_values(float *out, const float *p, int ldsc, int group, const void *v, qvl_dtype t, int n,
+                             int stride, int dim) {
+    if (dim % 8) { kernels_portable()->attn_values(out, p, ldsc, group, v, t, n, stride, dim); return; }
+    if (t == QVL_F16) values_of(out, p, ldsc, group, v, QVL_F16, n, stride, dim);
+    else values_of(out, p, ldsc, group, v, QVL_F32, n, stride, dim);
+}
+
+/* vcvtps2ph, to nearest even; the tail through a zero-padded copy. */
+AVX2 static void narrow_f16(uint16_t *dst, const float *src, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    if (i < n) {
+        uint16_t t[8];
+        _mm_storeu_si128((__m128i *)t, _mm256_cvtps_ph(load_part(src + i, n - i), _MM_FROUND_TO_NEAREST_INT));
+        memcpy(dst + i, t, (size_t)(n - i) * sizeof(uint16_t));
     }
 }
 
 static const ops_kernels table = {
     "avx2", prep_size, prep_x, dot_rows, axpy_rows, widen, 0, 0, NULL, NULL, NULL,
-    add, vmax, exp_sum, scale, silu_mul, silu, gelu_tanh, attn_scores, attn_values, NULL, NULL, NULL,
+    add, vmax, exp_sum, scale, silu_mul, silu, gelu_tanh, attn_scores, attn_values, narrow_f16, NULL, NULL, NULL,
 };
 
 const ops_kernels *kernels_avx2(void) {

@@ -22,7 +22,8 @@
  * 1 ulp, fast enough for the softmaxes of long attention rows and for SiLU
  * and GELU, which are both written as x * sigmoid(.) around it.  Decoding
  * attention keeps a head's accumulators in registers and prefetches the
- * cached keys and values ahead. */
+ * cached keys and values ahead (floats, or halves that vcvtph2ps widens:
+ * an f16 cache is half the bytes to stream). */
 #include "kernels.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -440,36 +441,53 @@ AVX512 static void gelu_tanh(float *x, int n) {
 #define MAX_DIM_VECS 8     /* head sizes up to 128 keep the whole head in registers */
 #define ATTN_AHEAD 8       /* keys (values) prefetched ahead */
 
-AVX512 static void attn_scores(float *scores, int ldsc, const float *q, int group, const float *k, int n,
-                               int stride, int dim, float scale) {
-    if (dim % 16) { kernels_portable()->attn_scores(scores, ldsc, q, group, k, n, stride, dim, scale); return; }
+/* 16 keys or values at element i of a row of type t (QVL_F32 or QVL_F16). */
+AVX512 __attribute__((always_inline)) static inline __m512 kv16(const void *row, qvl_dtype t, size_t i) {
+    if (t == QVL_F16) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + i)));
+    return _mm512_loadu_ps((const float *)row + i);
+}
+
+/* The cache lines of the row ATTN_AHEAD rows on (halves: half as many). */
+AVX512 __attribute__((always_inline)) static inline void prefetch_row(const void *row, qvl_dtype t, int stride, int dim) {
+    size_t es = t == QVL_F16 ? 2 : 4;
+    const char *ahead = (const char *)row + ATTN_AHEAD * (size_t)stride * es;
+    for (size_t b = 0; b < (size_t)dim * es; b += 64) _mm_prefetch(ahead + b, _MM_HINT_T0);
+}
+
+/* The loops take the type as a constant: each caller below gets its own copy. */
+AVX512 __attribute__((always_inline)) static inline void scores_of(float *scores, int ldsc, const float *q, int group,
+                                                                  const void *k, qvl_dtype t, int n, int stride,
+                                                                  int dim, float scale) {
     int nv = dim / 16;
     for (int j = 0; j < n; j++) {
-        const float *kj = k + (size_t)j * stride;
-        for (int v = 0; v < nv; v++)       /* the key ATTN_AHEAD rows on, a line at a time */
-            _mm_prefetch((const char *)(kj + ATTN_AHEAD * (size_t)stride + 16 * v), _MM_HINT_T0);
+        size_t at = (size_t)j * stride;
+        prefetch_row((const char *)k + at * (t == QVL_F16 ? 2 : 4), t, stride, dim);
         for (int g = 0; g < group; g++) {
             const float *qg = q + (size_t)g * dim;
             __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps();
             int v = 0;
             for (; v + 2 <= nv; v += 2) {
-                a = _mm512_fmadd_ps(_mm512_loadu_ps(qg + 16 * v), _mm512_loadu_ps(kj + 16 * v), a);
-                b = _mm512_fmadd_ps(_mm512_loadu_ps(qg + 16 * v + 16), _mm512_loadu_ps(kj + 16 * v + 16), b);
+                a = _mm512_fmadd_ps(_mm512_loadu_ps(qg + 16 * v), kv16(k, t, at + 16 * v), a);
+                b = _mm512_fmadd_ps(_mm512_loadu_ps(qg + 16 * v + 16), kv16(k, t, at + 16 * v + 16), b);
             }
-            if (v < nv) a = _mm512_fmadd_ps(_mm512_loadu_ps(qg + 16 * v), _mm512_loadu_ps(kj + 16 * v), a);
+            if (v < nv) a = _mm512_fmadd_ps(_mm512_loadu_ps(qg + 16 * v), kv16(k, t, at + 16 * v), a);
             scores[(size_t)g * ldsc + j] = _mm512_reduce_add_ps(_mm512_add_ps(a, b)) * scale;
         }
     }
 }
 
+AVX512 static void attn_scores(float *scores, int ldsc, const float *q, int group, const void *k, qvl_dtype t, int n,
+                               int stride, int dim, float scale) {
+    if (dim % 16) { kernels_portable()->attn_scores(scores, ldsc, q, group, k, t, n, stride, dim, scale); return; }
+    if (t == QVL_F16) scores_of(scores, ldsc, q, group, k, QVL_F16, n, stride, dim, scale);
+    else scores_of(scores, ldsc, q, group, k, QVL_F32, n, stride, dim, scale);
+}
+
 /* out_g = sum_j p_gj v_j with the heads' accumulators in registers, two query
  * heads per pass over the values. */
-AVX512 static void attn_values(float *out, const float *p, int ldsc, int group, const float *v, int n,
-                               int stride, int dim) {
-    if (dim % 16 || dim > 16 * MAX_DIM_VECS) {
-        kernels_portable()->attn_values(out, p, ldsc, group, v, n, stride, dim);
-        return;
-    }
+AVX512 __attribute__((always_inline)) static inline void values_of(float *out, const float *p, int ldsc, int group,
+                                                                  const void *v, qvl_dtype t, int n, int stride,
+                                                                  int dim) {
     int nv = dim / 16;
     for (int g = 0; g < group; g += 2) {
         int two = g + 1 < group;
@@ -478,13 +496,13 @@ AVX512 static void attn_values(float *out, const float *p, int ldsc, int group, 
 #pragma GCC unroll 8
         for (int k = 0; k < MAX_DIM_VECS; k++) acc0[k] = acc1[k] = _mm512_setzero_ps();
         for (int j = 0; j < n; j++) {
-            const float *vj = v + (size_t)j * stride;
-            for (int k = 0; k < nv; k++) _mm_prefetch((const char *)(vj + ATTN_AHEAD * (size_t)stride + 16 * k), _MM_HINT_T0);
+            size_t at = (size_t)j * stride;
+            prefetch_row((const char *)v + at * (t == QVL_F16 ? 2 : 4), t, stride, dim);
             __m512 a0 = _mm512_set1_ps(p0[j]), a1 = _mm512_set1_ps(p1[j]);
 #pragma GCC unroll 8
             for (int k = 0; k < MAX_DIM_VECS; k++)
                 if (k < nv) {
-                    __m512 vk = _mm512_loadu_ps(vj + 16 * k);
+                    __m512 vk = kv16(v, t, at + 16 * k);
                     acc0[k] = _mm512_fmadd_ps(a0, vk, acc0[k]);
                     acc1[k] = _mm512_fmadd_ps(a1, vk, acc1[k]);
                 }
@@ -496,6 +514,27 @@ AVX512 static void attn_values(float *out, const float *p, int ldsc, int group, 
                 if (two) _mm512_storeu_ps(out + (size_t)(g + 1) * dim + 16 * k, acc1[k]);
             }
     }
+}
+
+AVX512 static void attn_values(float *out, const float *p, int ldsc, int group, const void *v, qvl_dtype t, int n,
+                               int stride, int dim) {
+    if (dim % 16 || dim > 16 * MAX_DIM_VECS) {
+        kernels_portable()->attn_values(out, p, ldsc, group, v, t, n, stride, dim);
+        return;
+    }
+    if (t == QVL_F16) values_of(out, p, ldsc, group, v, QVL_F16, n, stride, dim);
+    else values_of(out, p, ldsc, group, v, QVL_F32, n, stride, dim);
+}
+
+/* vcvtps2ph, to nearest even; the tail masked. */
+#define TO_NEAREST (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+AVX512 static void narrow_f16(uint16_t *dst, const float *src, int n) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm512_cvtps_ph(_mm512_loadu_ps(src + i), TO_NEAREST));
+    if (i < n)
+        _mm256_mask_storeu_epi16(dst + i, tail_mask(n - i),
+                                 _mm512_cvtps_ph(_mm512_maskz_loadu_ps(tail_mask(n - i), src + i), TO_NEAREST));
 }
 
 /* ---------------------------------------------------------------- bf16 products
@@ -611,12 +650,12 @@ static int has_avx512_bf16(void) {
 
 static const ops_kernels table = {
     "avx512", prep_size, prep_x, dot_rows, axpy_rows, widen, GEMM_MR, GEMM_NR, gemm_kernel, gemm_pack_b, gemm_pack_a,
-    add, vmax, exp_sum, scale, silu_mul, silu, gelu_tanh, attn_scores, attn_values, NULL, NULL, NULL,
+    add, vmax, exp_sum, scale, silu_mul, silu, gelu_tanh, attn_scores, attn_values, narrow_f16, NULL, NULL, NULL,
 };
 
 static const ops_kernels table_bf16 = {
     "avx512bf16", prep_size, prep_x, dot_rows, axpy_rows, widen, GEMM_MR, GEMM_NR, gemm_kernel, gemm_pack_b, gemm_pack_a,
-    add, vmax, exp_sum, scale, silu_mul, silu, gelu_tanh, attn_scores, attn_values,
+    add, vmax, exp_sum, scale, silu_mul, silu, gelu_tanh, attn_scores, attn_values, narrow_f16,
     gemm_bf16_kernel, gemm_bf16_pack_b, gemm_bf16_pack_a,
 };
 

@@ -86,32 +86,52 @@ static void gelu_tanh(float *x, int n) {
     }
 }
 
-static void attn_scores(float *scores, int ldsc, const float *q, int group, const float *k, int n,
-                        int stride, int dim, float scale) {
+/* The attention loops take the key/value type as a constant, so that each
+ * caller below gets a copy with the conversion resolved at compile time. */
+__attribute__((always_inline)) static inline void scores_of(float *scores, int ldsc, const float *q, int group,
+                                                            const void *k, qvl_dtype t, int n, int stride, int dim,
+                                                            float scale) {
     for (int g = 0; g < group; g++)
         for (int j = 0; j < n; j++) {
-            const float *kj = k + (size_t)j * stride, *qg = q + (size_t)g * dim;
+            const float *qg = q + (size_t)g * dim;
+            int64_t at = (int64_t)j * stride;
             float s = 0;
-            for (int d = 0; d < dim; d++) s += qg[d] * kj[d];
+            for (int d = 0; d < dim; d++) s += qg[d] * stored(k, t, at + d);
             scores[(size_t)g * ldsc + j] = s * scale;
         }
 }
 
-static void attn_values(float *out, const float *p, int ldsc, int group, const float *v, int n,
-                        int stride, int dim) {
+static void attn_scores(float *scores, int ldsc, const float *q, int group, const void *k, qvl_dtype t, int n,
+                        int stride, int dim, float scale) {
+    if (t == QVL_F16) scores_of(scores, ldsc, q, group, k, QVL_F16, n, stride, dim, scale);
+    else scores_of(scores, ldsc, q, group, k, QVL_F32, n, stride, dim, scale);
+}
+
+__attribute__((always_inline)) static inline void values_of(float *out, const float *p, int ldsc, int group,
+                                                            const void *v, qvl_dtype t, int n, int stride, int dim) {
     memset(out, 0, (size_t)group * dim * sizeof(float));
     for (int j = 0; j < n; j++) {
-        const float *vj = v + (size_t)j * stride;
+        int64_t at = (int64_t)j * stride;
         for (int g = 0; g < group; g++) {
             float a = p[(size_t)g * ldsc + j], *o = out + (size_t)g * dim;
-            for (int d = 0; d < dim; d++) o[d] += a * vj[d];
+            for (int d = 0; d < dim; d++) o[d] += a * stored(v, t, at + d);
         }
     }
 }
 
+static void attn_values(float *out, const float *p, int ldsc, int group, const void *v, qvl_dtype t, int n,
+                        int stride, int dim) {
+    if (t == QVL_F16) values_of(out, p, ldsc, group, v, QVL_F16, n, stride, dim);
+    else values_of(out, p, ldsc, group, v, QVL_F32, n, stride, dim);
+}
+
+static void narrow_f16(uint16_t *dst, const float *src, int n) {
+    for (int i = 0; i < n; i++) dst[i] = qvl_f32_to_f16(src[i]);
+}
+
 static const ops_kernels table = {
     "portable", prep_size, prep_x, dot_rows, axpy_rows, widen, 0, 0, NULL, NULL, NULL,
-    add, vmax, exp_sum, scale, silu_mul, silu, gelu_tanh, attn_scores, attn_values, NULL, NULL, NULL,
+    add, vmax, exp_sum, scale, silu_mul, silu, gelu_tanh, attn_scores, attn_values, narrow_f16, NULL, NULL, NULL,
 };
 
 const ops_kernels *kernels_portable(void) { return &table; }

@@ -19,7 +19,8 @@
  * float numerics.
  * matmul_batch runs several products (q/k/v, gate/up, the routed experts) in
  * a single pass of the pool.  Attention over many queries uses the same
- * packed product (or sgemm) for its two products.
+ * packed product (or sgemm) for its two products; an f16 KV cache's halves
+ * are widened as its keys and values are packed (or before sgemm).
  *
  * The innermost loops live in kernel tables (kernels.h): AVX-512, AVX2 or
  * portable C, the best the CPU has picked at run time. */
@@ -549,18 +550,20 @@ void rope_rotate_half(float *x, const float *cos, const float *sin, int dim) {
 
 /* ---------------------------------------------------------------- attention */
 
-void attend_group(float *out, const float *q, int group, const float *k, const float *v, int n, int stride,
-                  int dim, float scale, float *scores) {
+void attend_group(float *out, const float *q, int group, const void *k, const void *v, qvl_dtype kv, int n,
+                  int stride, int dim, float scale, float *scores) {
     const ops_kernels *kt = kernels();
-    kt->attn_scores(scores, n, q, group, k, n, stride, dim, scale);
+    kt->attn_scores(scores, n, q, group, k, kv, n, stride, dim, scale);
     for (int g = 0; g < group; g++) softmax_with(kt, scores + (size_t)g * n, n);
-    kt->attn_values(out, scores, n, group, v, n, stride, dim);
+    kt->attn_values(out, scores, n, group, v, kv, n, stride, dim);
 }
 
 void attend(float *out, const float *q, const float *k, const float *v, int n, int stride,
             int dim, float scale, float *scores) {
-    attend_group(out, q, 1, k, v, n, stride, dim, scale, scores);
+    attend_group(out, q, 1, k, v, QVL_F32, n, stride, dim, scale, scores);
 }
+
+void round_to_f16(uint16_t *dst, const float *src, int n) { kernels()->narrow_f16(dst, src, n); }
 
 /* ---- attention over a block of queries
  *
@@ -586,17 +589,21 @@ static void packed_product(const ops_kernels *k, float *c, int ldc, const float 
     }
 }
 
-/* B panels of a float matrix: `n` columns by kdim, column j of panel q at
- * panel q, blocks of GEMM_KC deep (see packed_product).  Out-major: column j
- * is row j of m (a key); in-major: row kk of m holds the columns (a value row). */
-static void pack_panels(const ops_kernels *k, float *bp, const float *m, int ld, int in_major, int n, int kdim) {
+/* B panels of a matrix of floats or halves (t): `n` columns by kdim, column
+ * j of panel q at panel q, blocks of GEMM_KC deep (see packed_product).
+ * Out-major: column j is row j of m (a key); in-major: row kk of m holds the
+ * columns (a value row).  Halves are widened as they are packed. */
+static void pack_panels(const ops_kernels *k, float *bp, const void *m, qvl_dtype t, int ld, int in_major, int n,
+                        int kdim) {
     int nr = k->gemm_nr;
+    size_t es = qvl_dtype_size(t);
     for (int q = 0; q * nr < n; q++) {
         int cnt = n - q * nr < nr ? n - q * nr : nr;
         for (int pc = 0; pc < kdim; pc += GEMM_KC) {
             int kcb = kdim - pc < GEMM_KC ? kdim - pc : GEMM_KC;
-            const float *src = in_major ? m + (size_t)pc * ld + (size_t)q * nr : m + (size_t)q * nr * ld + pc;
-            k->gemm_pack_b(bp + (size_t)q * nr * kdim + (size_t)pc * nr, src, QVL_F32, ld, in_major, cnt, kcb);
+            size_t at = in_major ? (size_t)pc * ld + (size_t)q * nr : (size_t)q * nr * ld + pc;
+            k->gemm_pack_b(bp + (size_t)q * nr * kdim + (size_t)pc * nr, (const char *)m + at * es, t, ld, in_major,
+                           cnt, kcb);
         }
     }
 }
@@ -614,8 +621,8 @@ static void softmax_rows(const ops_kernels *kt, float *scores, int ld, int nq, i
     }
 }
 
-static void attend_packed(const ops_kernels *kt, float *out, int ldo, const float *q, int ldq, const float *k,
-                          const float *v, int ldk, int nq, int nk, int dim, float scale, int causal_past,
+static void attend_packed(const ops_kernels *kt, float *out, int ldo, const float *q, int ldq, const void *k,
+                          const void *v, qvl_dtype kv, int ldk, int nq, int nk, int dim, float scale, int causal_past,
                           float *scores) {
     int nr = kt->gemm_nr, qb = nq < ATTEND_QBLOCK ? nq : ATTEND_QBLOCK;
     size_t kpad = (size_t)(nk + nr - 1) / nr * nr, dpad = (size_t)(dim + nr - 1) / nr * nr;
@@ -623,8 +630,8 @@ static void attend_packed(const ops_kernels *kt, float *out, int ldo, const floa
     float *kp = malloc(sizeof(float) * kpad * dim), *vp = malloc(sizeof(float) * dpad * nk);
     float *ap = malloc(sizeof(float) * apad * (dim > nk ? dim : nk));
     if (!kp || !vp || !ap) abort();       /* a few MB at most */
-    pack_panels(kt, kp, k, ldk, 0, nk, dim);
-    pack_panels(kt, vp, v, ldk, 1, dim, nk);
+    pack_panels(kt, kp, k, kv, ldk, 0, nk, dim);
+    pack_panels(kt, vp, v, kv, ldk, 1, dim, nk);
     for (int i0 = 0; i0 < nq; i0 += qb) {
         int rows = nq - i0 < qb ? nq - i0 : qb;
         /* The keys this block can see: all, or up to its last query's. */
@@ -655,8 +662,9 @@ static void attend_packed(const ops_kernels *kt, float *out, int ldo, const floa
  * rounded to bf16 for the two products, which then run on the bf16 kernel.
  * The pairs want an even key count: an odd one gets a zero key, whose score
  * column is zeroed after the softmax. */
-static void attend_packed_bf16(const ops_kernels *kt, float *out, int ldo, const float *q, int ldq, const float *k,
-                               const float *v, int ldk, int nq, int nk, int dim, float scale, int causal_past) {
+static void attend_packed_bf16(const ops_kernels *kt, float *out, int ldo, const float *q, int ldq, const void *k,
+                               const void *v, qvl_dtype kv, int ldk, int nq, int nk, int dim, float scale,
+                               int causal_past) {
     int nr = kt->gemm_nr, mr = kt->gemm_mr, qb = nq < ATTEND_QBLOCK ? nq : ATTEND_QBLOCK;
     int nke = nk + (nk & 1);
     size_t kpad = (size_t)(nk + nr - 1) / nr * nr, dpad = (size_t)(dim + nr - 1) / nr * nr;
@@ -667,8 +675,11 @@ static void attend_packed_bf16(const ops_kernels *kt, float *out, int ldo, const
     if (!kb || !vb || !kp || !vp || !ap || !sc) abort();      /* a few MB at most */
     for (int j = 0; j < nke; j++)
         for (int d = 0; d < dim; d++) {
-            kb[(size_t)j * dim + d] = j < nk ? qvl_f32_to_bf16(k[(size_t)j * ldk + d]) : 0;
-            vb[(size_t)j * dim + d] = j < nk ? qvl_f32_to_bf16(v[(size_t)j * ldk + d]) : 0;
+            size_t at = (size_t)j * ldk + d;
+            float kf = j >= nk ? 0 : kv == QVL_F16 ? qvl_f16_to_f32(((const uint16_t *)k)[at]) : ((const float *)k)[at];
+            float vf = j >= nk ? 0 : kv == QVL_F16 ? qvl_f16_to_f32(((const uint16_t *)v)[at]) : ((const float *)v)[at];
+            kb[(size_t)j * dim + d] = qvl_f32_to_bf16(kf);
+            vb[(size_t)j * dim + d] = qvl_f32_to_bf16(vf);
         }
     /* K^T: panels of nr keys, dim deep; V: panels of nr dims, nke deep */
     for (int c0 = 0; c0 < nk; c0 += nr)
@@ -708,16 +719,34 @@ static void attend_packed_bf16(const ops_kernels *kt, float *out, int ldo, const
     free(kb); free(vb); free(kp); free(vp); free(ap); free(sc);
 }
 
-void attend_block(float *out, int ldo, const float *q, int ldq, const float *k, const float *v, int ldk,
+/* Rows of halves as floats, for sgemm: n rows of dim, ld apart, into [n][dim]. */
+static float *widened_rows(const ops_kernels *kt, const void *m, int ld, int n, int dim) {
+    float *f = malloc(sizeof(float) * (size_t)n * (size_t)dim);
+    if (!f) abort();       /* as attend_packed's panels: a few MB at most */
+    for (int j = 0; j < n; j++)
+        kt->widen(f + (size_t)j * dim, (const uint16_t *)m + (size_t)j * ld, QVL_F16, dim);
+    return f;
+}
+
+void attend_block(float *out, int ldo, const float *q, int ldq, const void *k, const void *v, qvl_dtype kv, int ldk,
                   int nq, int nk, int dim, float scale, int causal_past, float *scores) {
     const ops_kernels *kt = kernels();
     if (nq <= 0 || nk <= 0) return;
     if (bf16_matmul && kt->gemm_bf16_kernel && dim % 2 == 0) {
-        attend_packed_bf16(kt, out, ldo, q, ldq, k, v, ldk, nq, nk, dim, scale, causal_past);
+        attend_packed_bf16(kt, out, ldo, q, ldq, k, v, kv, ldk, nq, nk, dim, scale, causal_past);
         return;
     }
-    if (kt->gemm_mr) { attend_packed(kt, out, ldo, q, ldq, k, v, ldk, nq, nk, dim, scale, causal_past, scores); return; }
+    if (kt->gemm_mr) {
+        attend_packed(kt, out, ldo, q, ldq, k, v, kv, ldk, nq, nk, dim, scale, causal_past, scores);
+        return;
+    }
     pthread_once(&blas_once, blas_single_threaded);
+    float *kw = NULL, *vw = NULL;
+    if (kv == QVL_F16) {     /* sgemm wants floats: the head's keys and values widened once */
+        k = kw = widened_rows(kt, k, ldk, nk, dim);
+        v = vw = widened_rows(kt, v, ldk, nk, dim);
+        ldk = dim;
+    }
     for (int i0 = 0; i0 < nq; i0 += ATTEND_QBLOCK) {
         int rows = nq - i0 < ATTEND_QBLOCK ? nq - i0 : ATTEND_QBLOCK;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, nk, dim, scale, q + (size_t)i0 * ldq, ldq, k, ldk,
@@ -726,4 +755,6 @@ void attend_block(float *out, int ldo, const float *q, int ldq, const float *k, 
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, dim, nk, 1.0f, scores, nk, v, ldk, 0.0f,
                     out + (size_t)i0 * ldo, ldo);
     }
+    free(kw);
+    free(vw);
 }

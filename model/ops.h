@@ -59,20 +59,26 @@ void attend(float *out, const float *q, const float *k, const float *v, int n, i
             int dim, float scale, float *scores);
 /* The same for `group` query heads that share one key/value head (q and out:
  * group heads of dim floats, back to back), reading the keys and values once.
- * scores: group*n floats of scratch. */
-void attend_group(float *out, const float *q, int group, const float *k, const float *v, int n, int stride,
-                  int dim, float scale, float *scores);
+ * Keys and values are of type kv: QVL_F32, or QVL_F16 (the f16 KV cache;
+ * stride then counts halves), which gives the same bits as floats holding the
+ * same values.  scores: group*n floats of scratch. */
+void attend_group(float *out, const float *q, int group, const void *k, const void *v, qvl_dtype kv, int n,
+                  int stride, int dim, float scale, float *scores);
+/* dst[i] = src[i] as an IEEE half, rounded to nearest even (qvl_f32_to_f16's
+ * bits on every kernel table): how the f16 KV cache stores a key or value. */
+void round_to_f16(uint16_t *dst, const float *src, int n);
 
 /* One attention head for nq queries:
  *   out[i] = sum_j softmax_j(scale * q_i.k_j) v_j,  j < visible(i)
  * visible(i) = nk for full attention (causal_past < 0), else causal_past + i + 1
  * (query i sits right after causal_past cached tokens).  q, k, v, out rows
- * are ldq, ldk (k and v), ldo floats apart.  The keys and values are prepared
+ * are ldq, ldk (k and v), ldo elements apart; k and v are of type kv, QVL_F32
+ * or QVL_F16 (widened as they are prepared: the same bits as floats).  The keys and values are prepared
  * once per call, so a call should cover all of a head's queries; they are
  * scored ATTEND_QBLOCK at a time.  scores: min(nq, ATTEND_QBLOCK) * nk floats
  * of scratch. */
 #define ATTEND_QBLOCK 96
-void attend_block(float *out, int ldo, const float *q, int ldq, const float *k, const float *v, int ldk,
+void attend_block(float *out, int ldo, const float *q, int ldq, const void *k, const void *v, qvl_dtype kv, int ldk,
                   int nq, int nk, int dim, float scale, int causal_past, float *scores);
 
 /* OpenBLAS: our pool parallelizes around sgemm, so the library is kept at one

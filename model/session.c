@@ -306,7 +306,7 @@ qvl_session *session_open(const qvl_session_opts *o, const qvl_session_hooks *ho
         qvl_seterr(err, "out of memory");
         goto fail;
     }
-    s->cache = cache_new(s->model, s->opts.ctx, err);
+    s->cache = cache_new_as(s->model, s->opts.ctx, o->kv_dtype, err);
     if (!s->cache) goto fail;
     if (encode_text(s, "<|im_end|>\n", &s->closure_ids, &s->n_closure, err) != 0) goto fail;
     s->think_end_id = tok_special_id(s->tok, "</think>");

@@ -50,6 +50,7 @@ typedef struct {
     int prefill_chunk;          /* tokens per prefill step (0: 256); images are never split */
     qvl_quant quant;            /* weights quantized at load (q8, q4) or as stored (none) */
     int bf16_matmul;            /* many-row products with bf16 activations (ops_set_bf16_matmul) */
+    qvl_dtype kv_dtype;         /* KV cache values: QVL_F32 (0, the default) or QVL_F16 (half the memory) */
 } qvl_session_opts;
 
 typedef enum {

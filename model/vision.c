@@ -127,7 +127,7 @@ static void vision_attention_items(void *p, int begin, int end) {
         int h = item % d->heads;
         const float *q = j->qkv + (size_t)b->q0 * stride + h * d->hd;
         const float *k = j->qkv + (size_t)b->k0 * stride + d->vh + h * d->hd;
-        attend_block(j->out + (size_t)b->q0 * d->vh + h * d->hd, d->vh, q, stride, k, k + d->vh, stride,
+        attend_block(j->out + (size_t)b->q0 * d->vh + h * d->hd, d->vh, q, stride, k, k + d->vh, QVL_F32, stride,
                      b->nq, b->nk, d->hd, scale, -1, scores);
     }
     free(scores);

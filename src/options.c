@@ -18,7 +18,7 @@
 enum {
     OPT_TEMP = 256, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P, OPT_REPEAT_PENALTY, OPT_PRESENCE_PENALTY,
     OPT_SEED, OPT_GREEDY, OPT_IGNORE_EOS, OPT_MIN_PIXELS, OPT_MAX_PIXELS, OPT_IMAGES,
-    OPT_LOGPROBS, OPT_JSONL, OPT_LINE, OPT_VERSION, OPT_ALPHA, OPT_QUANT, OPT_MATMUL
+    OPT_LOGPROBS, OPT_JSONL, OPT_LINE, OPT_VERSION, OPT_ALPHA, OPT_QUANT, OPT_MATMUL, OPT_KV_CACHE
 };
 
 static const struct option long_options[] = {
@@ -40,6 +40,7 @@ static const struct option long_options[] = {
     { "threads", required_argument, NULL, 't' },
     { "quant", required_argument, NULL, OPT_QUANT },
     { "matmul", required_argument, NULL, OPT_MATMUL },
+    { "kv-cache", required_argument, NULL, OPT_KV_CACHE },
     { "min-pixels", required_argument, NULL, OPT_MIN_PIXELS },
     { "max-pixels", required_argument, NULL, OPT_MAX_PIXELS },
     { "images", required_argument, NULL, OPT_IMAGES },
@@ -79,6 +80,8 @@ void options_usage(FILE *f) {
 "                            and smaller, slightly less exact (default: none)\n"
 "      --matmul f32|bf16     prompt and image arithmetic: f32 (exact, default) or bf16\n"
 "                            activations (AVX512_BF16 CPUs: ~1.7x faster, ~1e-3 error)\n"
+"      --kv-cache f32|f16    how the context's keys and values are stored: f16 takes\n"
+"                            half the memory, slightly less exact (default: f32)\n"
 "      --min-pixels N        smallest image area in pixels (default: the model's)\n"
 "      --max-pixels N|model  largest image area in pixels (default: %ld, or the\n"
 "                            model's limit if smaller; 'model': the model's limit)\n"
@@ -266,6 +269,12 @@ static int apply_option(qvl_options *o, int c, const char *arg, char *err) {
         }
         o->bf16_matmul = !strcmp(arg, "bf16");
         return 0;
+    case OPT_KV_CACHE:
+        if (kv_cache_parse(arg, &o->kv_dtype)) {
+            qvl_seterr(err, "--kv-cache: expected f32 or f16, got '%s'", arg);
+            return -1;
+        }
+        return 0;
     case OPT_MIN_PIXELS: return parse_pixels("--min-pixels", arg, &o->min_pixels, err);
     case OPT_MAX_PIXELS:
         if (!strcmp(arg, "model")) { o->max_pixels_model = 1; o->max_pixels = 0; return 0; }
@@ -373,4 +382,14 @@ void options_session(const qvl_options *o, const qvl_source *model, qvl_session_
     so->verbose = o->verbose;
     so->quant = o->quant;
     so->bf16_matmul = o->bf16_matmul;
+    so->kv_dtype = o->kv_dtype;
 }
+
+int kv_cache_parse(const char *s, qvl_dtype *out) {
+    if (!strcmp(s, "f32")) *out = QVL_F32;
+    else if (!strcmp(s, "f16")) *out = QVL_F16;
+    else return -1;
+    return 0;
+}
+
+const char *kv_cache_name(qvl_dtype t) { return t == QVL_F16 ? "f16" : "f32"; }

@@ -33,6 +33,7 @@ typedef struct {
     int threads;                /* -t; 0: all cores */
     qvl_quant quant;            /* --quant: QVL_QUANT_NONE (as stored), _Q8, _Q4 */
     int bf16_matmul;            /* --matmul bf16 */
+    qvl_dtype kv_dtype;         /* --kv-cache: QVL_F32 (default) or QVL_F16 */
     long min_pixels;            /* 0: the model's */
     long max_pixels;            /* 0: QVL_DEFAULT_MAX_PIXELS, or the model's limit if smaller */
     int max_pixels_model;       /* --max-pixels model */
@@ -58,6 +59,11 @@ void options_usage(FILE *f);
 /* Session settings from the options (sampling still unset where the user was
  * silent); `model` is the source the caller opened. */
 void options_session(const qvl_options *o, const qvl_source *model, qvl_session_opts *so);
+
+/* A --kv-cache value, "f32" or "f16" (qvl and qvl bench): -1 for anything
+ * else; and back. */
+int kv_cache_parse(const char *s, qvl_dtype *out);
+const char *kv_cache_name(qvl_dtype t);
 
 
 #endif

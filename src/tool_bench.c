@@ -1,7 +1,7 @@
 /* tool_bench.c - `qvl bench`: how fast a model runs on this machine.
  *
- *   qvl bench [-m DIR] [-t N] [--quant q8|q4] [--pp N] [--tg N] [--reps N] [--no-images]
- *             [--json-only]
+ *   qvl bench [-m DIR] [-t N] [--quant q8|q4] [--kv-cache f32|f16] [--pp N] [--tg N]
+ *             [--reps N] [--no-images] [--json-only]
  *
  * A CPU user's experience comes down to a few numbers, and this measures them
  * the way llama.cpp's llama-bench does, so that the two can be put side by side:
@@ -13,7 +13,8 @@
  *     model's preprocessing under the default 1 MP budget (as the chat uses);
  *   - time to first token of a question about the 1024x768 picture:
  *     preprocessing + vision encoder + prefill of the whole prompt + argmax;
- *   - the weights' size, the KV cache size, and the process's peak RSS.
+ *   - the weights' size, the KV cache's element type (--kv-cache, as the
+ *     chat's) and size, and the process's peak RSS.
  * A human table goes to stdout, then one JSON line with every figure; what
  * was skipped (--pp 0, --tg 0, --no-images) is null there.
  *
@@ -46,6 +47,7 @@
 #include "demo.h"
 #include "image.h"
 #include "ops.h"
+#include "options.h"
 #include "quant.h"
 #include "safetensors.h"
 #include "threadpool.h"
@@ -66,6 +68,7 @@ typedef struct {
     int no_images;              /* text only: no image encoding, no time to first token */
     qvl_quant quant;
     int bf16_matmul;            /* --matmul bf16 */
+    qvl_dtype kv;               /* the KV cache's element type */
 } bench_opts;
 
 /* Mean and standard deviation of repeated measurements. */
@@ -96,6 +99,7 @@ typedef struct {
     image_result img[2];
     int ttft_tokens;
     stat ttft_ms;
+    const char *kv_dtype;       /* "f32" or "f16" */
     long long kv_bytes, kv_bytes_per_token;
     long long peak_rss_bytes;
     double read_gb_s;               /* memory read bandwidth with the run's threads */
@@ -295,10 +299,10 @@ static double read_bandwidth(void) {
     return best;
 }
 
-/* The decoder's cache holds float32 keys and values for every layer
- * (decoder.c): 2 * layers * kv_heads * head_dim floats per token. */
-static long long kv_bytes_per_token(const qvl_config *c) {
-    return 2LL * c->text.layers * c->text.kv_heads * c->text.head_dim * (long long)sizeof(float);
+/* The decoder's cache holds keys and values of type kv for every layer
+ * (decoder.c): 2 * layers * kv_heads * head_dim of them per token. */
+static long long kv_bytes_per_token(const qvl_config *c, qvl_dtype kv) {
+    return 2LL * c->text.layers * c->text.kv_heads * c->text.head_dim * (long long)qvl_dtype_size(kv);
 }
 
 static long long peak_rss_bytes(void) {
@@ -415,7 +419,7 @@ static int *image_prompt(const qvl_model *m, int tokens, int *n) {
 }
 
 /* Time to first token: picture in, first answer id out. */
-static int measure_ttft(const qvl_model *m, const qvl_preproc *pp, const qvl_image *img, int reps,
+static int measure_ttft(const qvl_model *m, qvl_dtype kv, const qvl_preproc *pp, const qvl_image *img, int reps,
                         float *logits, int *prompt_tokens, stat *out, char *err) {
     stat_acc a = {0};
     int rc = 0;
@@ -432,7 +436,7 @@ static int measure_ttft(const qvl_model *m, const qvl_preproc *pp, const qvl_ima
         qvl_image_input in = { .embeds = vo.merged, .grid = vision_llm_grid(m, g) };
         for (int j = 0; j < vo.n_deepstack; j++) in.deepstack[j] = vo.deepstack[j];
         if (!(ids = image_prompt(m, vo.n_tokens, &n))) { qvl_seterr(err, "out of memory"); goto next; }
-        if (!(c = cache_new(m, n + 1, err))) goto next;
+        if (!(c = cache_new_as(m, n + 1, kv, err))) goto next;
         if (decoder_forward(c, ids, n, &in, 1, logits, 0, NULL, err)) goto next;
         if (greedy_id(&m->cfg, logits, m->text.lm_head.out) < 0) { qvl_seterr(err, "no token to choose"); goto next; }
         acc_add(&a, 1e3 * (qvl_now() - t0));
@@ -498,11 +502,12 @@ static int bench_run(const bench_opts *o, bench_result *r, char *err) {
 
     int vocab = m->text.lm_head.out;
     r->ctx = o->pp + o->tg;
-    r->kv_bytes_per_token = kv_bytes_per_token(&m->cfg);
+    r->kv_dtype = kv_cache_name(o->kv);
+    r->kv_bytes_per_token = kv_bytes_per_token(&m->cfg, o->kv);
     r->kv_bytes = r->kv_bytes_per_token * r->ctx;
     if (!(logits = malloc(sizeof(float) * (size_t)vocab))) { qvl_seterr(err, "out of memory"); goto done; }
     /* + 1: with --pp 0, generation follows a single token. */
-    if (!(c = cache_new(m, r->ctx + 1, err))) goto done;
+    if (!(c = cache_new_as(m, r->ctx + 1, o->kv, err))) goto done;
     if (synthetic_picture(448, 448, &pics[0], err) || synthetic_picture(1024, 768, &pics[1], err)) goto done;
 
     progress(o, "warming up (reading the weights in)");
@@ -529,7 +534,7 @@ static int bench_run(const bench_opts *o, bench_result *r, char *err) {
     if (r->images) {
         progress(o, "time to first token: a question about the %dx%d picture x %d", pics[1].width,
                  pics[1].height, o->reps);
-        if (measure_ttft(m, &pp, &pics[1], o->reps, logits, &r->ttft_tokens, &r->ttft_ms, err)) goto done;
+        if (measure_ttft(m, o->kv, &pp, &pics[1], o->reps, logits, &r->ttft_tokens, &r->ttft_ms, err)) goto done;
     }
     r->peak_rss_bytes = peak_rss_bytes();
     r->decode_bytes = decode_bytes(m);
@@ -640,7 +645,7 @@ static void print_table(FILE *f, const bench_result *r) {
                  r->img[1].height, r->ttft_tokens);
         row(f, what, plus_minus(&r->ttft_ms, "%.0f", "ms", v, sizeof v));
     }
-    snprintf(what, sizeof what, "KV cache (f32, %d tokens)", r->ctx);
+    snprintf(what, sizeof what, "KV cache (%s, %d tokens)", r->kv_dtype, r->ctx);
     row(f, what, human_bytes(r->kv_bytes, v, sizeof v));
     row(f, "peak RSS", human_bytes(r->peak_rss_bytes, v, sizeof v));
     fprintf(f, "\n");
@@ -721,6 +726,7 @@ static char *result_json(const bench_result *r, int reps) {
     add_count(o, "ttft_prompt_tokens", r->ttft_tokens, r->images);
     add_stat(o, "ttft_ms", &r->ttft_ms, r->images, 1e-3);
     cJSON_AddNumberToObject(o, "ctx", r->ctx);
+    cJSON_AddStringToObject(o, "kv_dtype", r->kv_dtype);
     cJSON_AddNumberToObject(o, "kv_bytes_per_token", (double)r->kv_bytes_per_token);
     cJSON_AddNumberToObject(o, "kv_bytes", (double)r->kv_bytes);
     cJSON_AddNumberToObject(o, "peak_rss_bytes", (double)r->peak_rss_bytes);
@@ -732,15 +738,16 @@ static char *result_json(const bench_result *r, int reps) {
 /* ---------------------------------------------------------------- arguments */
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: qvl bench [-m DIR] [-t THREADS] [--quant q8|q4] [--matmul f32|bf16] [--pp N]\n"
-               "                 [--tg N] [--reps N] [--no-images] [--json-only]\n"
+    fprintf(f, "usage: qvl bench [-m DIR] [-t THREADS] [--quant q8|q4] [--matmul f32|bf16]\n"
+               "                 [--kv-cache f32|f16] [--pp N] [--tg N] [--reps N] [--no-images] [--json-only]\n"
                "Measures load time, prompt processing (--pp tokens, default 512), generation (--tg\n"
                "tokens after the prompt, default 128), image encoding (448x448 and 1024x768), time to\n"
                "first token of a question about an image, weights, KV cache and peak memory.  Each\n"
                "measurement is repeated --reps times (default 3).  Without -m: the built-in demo model.\n"
-               "--quant converts the text matrices at load, as the chat's --quant does; --no-images\n"
-               "skips the image encoding and the time to first token; --matmul bf16 runs prompts and\n"
-               "the vision encoder with bf16 activations, as the chat's --matmul does.\n"
+               "--quant converts the text matrices at load, as the chat's --quant does; --kv-cache\n"
+               "stores the keys and values as the chat's --kv-cache does (default f32); --matmul bf16\n"
+               "runs prompts and the vision encoder with bf16 activations, as the chat's --matmul does;\n"
+               "--no-images skips the image encoding and the time to first token.\n"
                "Prints a table, then one JSON line with every figure (--json-only: just that line).\n");
 }
 
@@ -757,13 +764,14 @@ static int parse_count(const char *opt, const char *v, int min, int max, int *ou
 
 /* 0: run, 1: help printed, -1: usage error (message printed). */
 static int parse_args(int argc, char **argv, bench_opts *o) {
-    enum { OPT_PP = 256, OPT_TG, OPT_REPS, OPT_JSON, OPT_QUANT, OPT_NO_IMAGES, OPT_MATMUL };
+    enum { OPT_PP = 256, OPT_TG, OPT_REPS, OPT_JSON, OPT_QUANT, OPT_NO_IMAGES, OPT_MATMUL, OPT_KV };
     static const struct option longopts[] = {
         { "model", required_argument, 0, 'm' }, { "threads", required_argument, 0, 't' },
         { "pp", required_argument, 0, OPT_PP }, { "tg", required_argument, 0, OPT_TG },
         { "reps", required_argument, 0, OPT_REPS }, { "json-only", no_argument, 0, OPT_JSON },
         { "quant", required_argument, 0, OPT_QUANT }, { "no-images", no_argument, 0, OPT_NO_IMAGES },
         { "matmul", required_argument, 0, OPT_MATMUL },
+        { "kv-cache", required_argument, 0, OPT_KV },
         { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 },
     };
     *o = (bench_opts){ .pp = 512, .tg = 128, .reps = 3 };
@@ -791,6 +799,12 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
                 return -1;
             }
             o->bf16_matmul = !strcmp(optarg, "bf16");
+            break;
+        case OPT_KV:
+            if (kv_cache_parse(optarg, &o->kv)) {
+                fprintf(stderr, "qvl bench: --kv-cache '%s': expected f32 or f16\n", optarg);
+                return -1;
+            }
             break;
         case 'h': usage(stdout); return 1;
         case ':':

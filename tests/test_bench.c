@@ -54,7 +54,7 @@ static const struct { const char *key; int kind; } FIELDS[] = {
     { "img448x448_preprocess_ms_sd", 1 }, { "img448x448_encode_ms", 1 }, { "img448x448_encode_ms_sd", 1 },
     { "img1024x768_size", 0 }, { "img1024x768_tokens", 1 }, { "img1024x768_preprocess_ms", 1 },
     { "img1024x768_preprocess_ms_sd", 1 }, { "img1024x768_encode_ms", 1 }, { "img1024x768_encode_ms_sd", 1 },
-    { "ttft_prompt_tokens", 1 }, { "ttft_ms", 1 }, { "ttft_ms_sd", 1 }, { "ctx", 1 },
+    { "ttft_prompt_tokens", 1 }, { "ttft_ms", 1 }, { "ttft_ms_sd", 1 }, { "ctx", 1 }, { "kv_dtype", 0 },
     { "kv_bytes_per_token", 1 }, { "kv_bytes", 1 }, { "peak_rss_bytes", 1 },
 };
 
@@ -137,6 +137,7 @@ START_TEST(demo_model_json_only) {
     ck_assert_int_eq((int)num(j, "threads"), 1);
     /* assets/demo-model/config.json: 4 layers, 2 KV heads of 48, float32
      * keys and values: 2 * 4 * 2 * 48 * 4 bytes per token; 8 + 4 tokens. */
+    ck_assert_str_eq(str(j, "kv_dtype"), "f32");
     ck_assert_int_eq((long long)num(j, "kv_bytes_per_token"), 3072);
     ck_assert_int_eq((int)num(j, "ctx"), 12);
     ck_assert_int_eq((long long)num(j, "kv_bytes"), 12 * 3072);
@@ -298,9 +299,29 @@ START_TEST(bf16_matmul_is_reported) {
 }
 END_TEST
 
+/* --kv-cache f16: keys and values as halves, half the bytes per token (the
+ * demo model's 2 * 4 layers * 2 heads * 48 values, 2 bytes each), in the
+ * JSON line and the table; generation still runs. */
+START_TEST(kv_cache_f16_halves_the_bytes) {
+    char *out, *err;
+    int st = bench("--kv-cache f16 --pp 8 --tg 4 --reps 1", &out, &err);
+    ck_assert_msg(st == 0, "exit %d: %s", st, err);
+    cJSON *j = last_line_json(out);
+    check_fields(j);
+    ck_assert_str_eq(str(j, "kv_dtype"), "f16");
+    ck_assert_int_eq((long long)num(j, "kv_bytes_per_token"), 2 * 4 * 2 * 48 * 2);
+    ck_assert_int_eq((long long)num(j, "kv_bytes"), 12 * 1536);
+    ck_assert(num(j, "pp_tok_s") > 0 && num(j, "tg_tok_s") > 0);
+    ck_assert_msg(strstr(out, "KV cache (f16, 12 tokens)") != NULL, "no f16 KV row in:\n%s", out);
+    cJSON_Delete(j);
+    free(out);
+    free(err);
+}
+END_TEST
+
 START_TEST(usage_errors) {
     static const char *const bad[] = {
-        "--quant q5", "--quant", "--matmul f16", "--matmul",
+        "--quant q5", "--quant", "--matmul f16", "--matmul", "--kv-cache q8", "--kv-cache",
         "--pp x", "--pp -1", "--tg 1.5", "--reps 0", "-t 0", "--bogus", "--pp", "stray",
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
@@ -342,6 +363,7 @@ int main(void) {
     tcase_add_test(tc, skipped_measurements_are_null);
     tcase_add_test(tc, synthetic_model_without_tokenizer);
     tcase_add_test(tc, quantized_weights_shrink);
+    tcase_add_test(tc, kv_cache_f16_halves_the_bytes);
     tcase_add_test(tc, usage_errors);
     tcase_add_test(tc, bf16_matmul_is_reported);
     tcase_add_test(tc, bad_model_dir);

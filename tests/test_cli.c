@@ -101,6 +101,7 @@ START_TEST(usage_errors_exit_2) {
     expect_failure("--top-k many -p hi", 2, "--top-k");
     expect_failure("--ctx 10k -p hi", 2, "--ctx");
     expect_failure("--images kitty", 2, "--images");
+    expect_failure("--kv-cache f8 -p hi", 2, "--kv-cache");
     expect_failure("-p ''", 2, "empty");
     expect_failure("stray", 2, "stray");
 }
@@ -192,7 +193,10 @@ static char *oneshot(const char *image, const char *question, const char *extra)
     return out;
 }
 
+/* The demo model's answers, with the default KV cache and (_i = 1) with an
+ * f16 one, which rounds the keys and values but changes no greedy choice. */
 START_TEST(demo_oneshot_answers) {
+    const char *kv = _i ? "--kv-cache f16" : "";
     cJSON *j = demo_answers(), *a;
     int text_only = 0;
     cJSON_ArrayForEach(a, cJSON_GetObjectItem(j, "answers")) {
@@ -200,10 +204,10 @@ START_TEST(demo_oneshot_answers) {
         char rel[256] = "";
         if (image) snprintf(rel, sizeof rel, "demo/%s", image);
         else text_only++;
-        char *out = oneshot(image ? rel : NULL, question, "");
+        char *out = oneshot(image ? rel : NULL, question, kv);
         size_t n = strlen(answer);
         ck_assert_msg(!strncmp(out, answer, n) && !strcmp(out + n, "\n"),
-                      "%s / %s: got '%s', expected '%s'", image ? image : "(text)", question, out, answer);
+                      "%s / %s %s: got '%s', expected '%s'", image ? image : "(text)", question, kv, out, answer);
         free(out);
     }
     ck_assert_int_gt(text_only, 0);
@@ -265,15 +269,19 @@ END_TEST
 static int parse_lines(char *out, cJSON **lines, int max);
 
 /* /save writes a conversation that --jsonl replays with its own replies: the
- * next answer equals the batch conversation's. */
+ * next answer equals the batch conversation's; also (_i = 1) with an f16 KV
+ * cache in both. */
 START_TEST(demo_save_replays_with_jsonl) {
+    const char *greedy = _i ? "--greedy --kv-cache f16" : "--greedy";
+    char jsonl[64];
+    snprintf(jsonl, sizeof jsonl, "%s --jsonl", greedy);
     const char *dir = tmp_dir("save");
     char saved[4200], script[8192], cont[16384];
     snprintf(saved, sizeof saved, "%s/conv.jsonl", dir);
     snprintf(script, sizeof script, "/image %s\nDescribe the image.\n/save %s\nWhat color is the background?\n",
              data_path("demo/example_6.png"), saved);
     char *path = write_tmp("save", "script.txt", script), *out, *err;
-    int st = qvl("--greedy", path, &out, &err);
+    int st = qvl(greedy, path, &out, &err);
     ck_assert_msg(st == 0, "status %d: %s", st, err);
     const char *second = strstr(out, "\n\n");
     ck_assert(second != NULL);
@@ -282,7 +290,7 @@ START_TEST(demo_save_replays_with_jsonl) {
     snprintf(cont, sizeof cont, "%s{\"role\":\"user\",\"content\":\"What color is the background?\"}\n", file);
     free(file);
     char *jpath = write_tmp("save", "replay.jsonl", cont), *jout, *jerr;
-    st = qvl("--greedy --jsonl", jpath, &jout, &jerr);
+    st = qvl(jsonl, jpath, &jout, &jerr);
     ck_assert_msg(st == 0, "status %d: %s", st, jerr);
     cJSON *lines[4];
     ck_assert_int_eq(parse_lines(jout, lines, 4), 2);
@@ -658,13 +666,13 @@ int main(void) {
     suite_add_tcase(s, t);
     t = tcase_create("needs_session");
     tcase_set_timeout(t, 120);
-    tcase_add_test(t, demo_oneshot_answers);
+    tcase_add_loop_test(t, demo_oneshot_answers, 0, 2);
     tcase_add_test(t, demo_batch_equals_oneshot);
     tcase_add_test(t, demo_batch_conversation_continues);
     tcase_add_test(t, demo_batch_multiline_message);
     tcase_add_test(t, demo_batch_image_option);
     tcase_add_test(t, demo_jsonl_answers);
-    tcase_add_test(t, demo_save_replays_with_jsonl);
+    tcase_add_loop_test(t, demo_save_replays_with_jsonl, 0, 2);
     tcase_add_test(t, demo_seed_reproduces);
     tcase_add_test(t, demo_prompt_too_long);
     tcase_add_test(t, demo_corrupt_image);

@@ -265,7 +265,8 @@ END_TEST
 
 /* Attention over a block of queries under --matmul bf16 (queries, keys,
  * scores and values rounded to bf16): close to the float path, with and
- * without a causal mask, for an odd key count (padded with a zero key). */
+ * without a causal mask, for an odd key count (padded with a zero key), over
+ * float keys and values and over halves (an f16 KV cache). */
 START_TEST(bf16_attention_is_close_to_float) {
     ops_force_kernel(NULL);
     if (ops_set_bf16_matmul(1)) { fprintf(stderr, "no AVX512_BF16 here, skipped\n"); return; }
@@ -275,17 +276,26 @@ START_TEST(bf16_attention_is_close_to_float) {
     float *q = random_floats((size_t)NQ * LD, &seed, -1, 1), *k = random_floats((size_t)NK * LD, &seed, -1, 1);
     float *v = random_floats((size_t)NK * LD, &seed, -1, 1), *scores = malloc(sizeof(float) * NQ * NK);
     float *want = malloc(sizeof(float) * NQ * DIM), *got = malloc(sizeof(float) * NQ * DIM);
-    int pasts[2] = { -1, NK - NQ };
-    for (int c = 0; c < 2; c++) {
-        attend_block(want, DIM, q, LD, k, v, LD, NQ, NK, DIM, 0.125f, pasts[c], scores);
-        ops_set_bf16_matmul(1);
-        attend_block(got, DIM, q, LD, k, v, LD, NQ, NK, DIM, 0.125f, pasts[c], scores);
-        ops_set_bf16_matmul(0);
-        double worst = 0;
-        for (int i = 0; i < NQ * DIM; i++) worst = fmax(worst, fabs(got[i] - want[i]));
-        ck_assert_msg(worst < 1e-2 && worst > 0, "causal_past %d: largest difference %g", pasts[c], worst);
+    /* the same keys and values as halves (an f16 KV cache) */
+    uint16_t *kh = malloc(sizeof(uint16_t) * NK * LD), *vh = malloc(sizeof(uint16_t) * NK * LD);
+    for (int i = 0; i < NK * LD; i++) {
+        kh[i] = qvl_f32_to_f16(k[i]);
+        vh[i] = qvl_f32_to_f16(v[i]);
     }
-    free(q); free(k); free(v); free(scores); free(want); free(got);
+    int pasts[2] = { -1, NK - NQ };
+    for (int half = 0; half < 2; half++)
+        for (int c = 0; c < 2; c++) {
+            const void *kk = half ? (const void *)kh : k, *vv = half ? (const void *)vh : v;
+            qvl_dtype t = half ? QVL_F16 : QVL_F32;
+            attend_block(want, DIM, q, LD, kk, vv, t, LD, NQ, NK, DIM, 0.125f, pasts[c], scores);
+            ops_set_bf16_matmul(1);
+            attend_block(got, DIM, q, LD, kk, vv, t, LD, NQ, NK, DIM, 0.125f, pasts[c], scores);
+            ops_set_bf16_matmul(0);
+            double worst = 0;
+            for (int i = 0; i < NQ * DIM; i++) worst = fmax(worst, fabs(got[i] - want[i]));
+            ck_assert_msg(worst < 1e-2 && worst > 0, "f16 %d causal_past %d: largest difference %g", half, pasts[c], worst);
+        }
+    free(q); free(k); free(v); free(kh); free(vh); free(scores); free(want); free(got);
 }
 END_TEST
 
@@ -379,7 +389,7 @@ START_TEST(attention_groups_match_reference) {
                 float *k = random_floats((size_t)n * stride, &seed, -1, 1), *v = random_floats((size_t)n * stride, &seed, -1, 1);
                 float *out = malloc(sizeof(float) * (size_t)group * dim), *scores = malloc(sizeof(float) * (size_t)group * n);
                 float scale = 1.0f / sqrtf((float)dim) * 3;     /* sharper than usual */
-                attend_group(out, q, group, k, v, n, stride, dim, scale, scores);
+                attend_group(out, q, group, k, v, QVL_F32, n, stride, dim, scale, scores);
                 double *p = malloc(sizeof(double) * (size_t)n);
                 for (int g = 0; g < group; g++) {
                     double max = -INFINITY, sum = 0;
@@ -404,6 +414,177 @@ START_TEST(attention_groups_match_reference) {
                               "%s: attend and attend_group disagree", KERNELS[_i]);
                 free(one); free(p); free(q); free(k); free(v); free(out); free(scores);
             }
+    ops_force_kernel(NULL);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- the f16 KV cache */
+
+static float bits_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static uint32_t float_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+/* qvl_f32_to_f16 itself, from the definition: every half converts back to
+ * itself, a value halfway between two neighbouring halves goes to the one
+ * with the even significand, and anything nearer one of them goes to it. */
+START_TEST(f16_scalar_rounds_to_nearest_even) {
+    for (uint32_t h = 0; h < 0x7c00; h++) {        /* the finite positive halves */
+        for (uint32_t sign = 0; sign <= 0x8000; sign += 0x8000)
+            ck_assert_msg(qvl_f32_to_f16(qvl_f16_to_f32((uint16_t)(h | sign))) == (h | sign), "half %04x", h | sign);
+        float lo = qvl_f16_to_f32((uint16_t)h), hi = qvl_f16_to_f32((uint16_t)(h + 1));  /* h + 1: up to infinity */
+        if (h + 1 == 0x7c00) hi = 65536.0f;         /* where the next half would be: overflow starts halfway */
+        float mid = lo + (hi - lo) / 2;              /* exact: halves have 11 significant bits */
+        uint32_t even = h & 1 ? h + 1 : h;
+        ck_assert_msg(qvl_f32_to_f16(mid) == even, "halfway above %04x: %04x", h, qvl_f32_to_f16(mid));
+        ck_assert_int_eq(qvl_f32_to_f16(nextafterf(mid, 0)), h);
+        ck_assert_int_eq(qvl_f32_to_f16(nextafterf(mid, INFINITY)), h + 1);
+        ck_assert_int_eq(qvl_f32_to_f16(-mid), even | 0x8000);
+    }
+    ck_assert_int_eq(qvl_f32_to_f16(INFINITY), 0x7c00);
+    ck_assert_int_eq(qvl_f32_to_f16(-1e30f), 0xfc00);
+    ck_assert_int_eq(qvl_f32_to_f16(1e-30f), 0);            /* far below the smallest half */
+    ck_assert_int_eq(qvl_f32_to_f16(bits_float(1)), 0);     /* a float subnormal */
+    /* NaN stays NaN, quiet, with the top of its payload (as vcvtps2ph). */
+    ck_assert_int_eq(qvl_f32_to_f16(bits_float(0x7fc00000u)), 0x7e00);
+    ck_assert_int_eq(qvl_f32_to_f16(bits_float(0xff812345u)), 0xfe00 | (0x012345u >> 13));
+    ck_assert_int_eq(qvl_f32_to_f16(bits_float(0x7f800001u)), 0x7e00);
+}
+END_TEST
+
+/* Every kernel table rounds to the same bits as qvl_f32_to_f16: the values
+ * around every halfway point, the special values, and a sweep of bit patterns
+ * (2^32 / 65521 of them, all exponents), in runs whose lengths leave partial
+ * vectors. */
+START_TEST(f16_rounding_matches_scalar) {
+    if (!use_kernel(_i)) return;
+    enum { N = 7 * 65536 + 65521 + 16 };
+    float *x = malloc(sizeof(float) * N);
+    uint16_t *h = malloc(sizeof(uint16_t) * N);
+    size_t n = 0;
+    for (uint32_t v = 0; v < 0x7c00; v++) {
+        float lo = qvl_f16_to_f32((uint16_t)v), hi = v + 1 == 0x7c00 ? 65536.0f : qvl_f16_to_f32((uint16_t)(v + 1));
+        float mid = lo + (hi - lo) / 2;
+        x[n++] = lo;
+        x[n++] = mid;
+        x[n++] = nextafterf(mid, 0);
+        x[n++] = nextafterf(mid, INFINITY);
+        x[n++] = -mid;
+        x[n++] = -nextafterf(mid, 0);
+        x[n++] = -nextafterf(mid, INFINITY);
+    }
+    for (uint64_t u = 0; u < (1ull << 32); u += 65521) x[n++] = bits_float((uint32_t)u);
+    static const uint32_t special[] = {
+        0x7f800000u, 0xff800000u, 0x7fc00000u, 0xffc00001u, 0x7f800001u, 0x7fbfffffu, 0x00000001u,
+        0x807fffffu, 0x00800000u, 0x33000000u, 0x33000001u, 0x477fe000u, 0x477fefffu, 0x477ff000u, 0x80000000u,
+    };
+    for (size_t i = 0; i < sizeof special / sizeof *special; i++) x[n++] = bits_float(special[i]);
+    ck_assert(n <= N);
+    size_t lens[] = { 1, 5, 8, 15, 16, 17, 31, 128, 1000 };
+    for (size_t at = 0, k = 0; at < n; k++) {
+        size_t len = lens[k % 9] < n - at ? lens[k % 9] : n - at;
+        round_to_f16(h + at, x + at, (int)len);
+        at += len;
+    }
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(h[i] == qvl_f32_to_f16(x[i]), "%s: %08x -> %04x, scalar %04x", KERNELS[_i], float_bits(x[i]),
+                      h[i], qvl_f32_to_f16(x[i]));
+    free(x);
+    free(h);
+    ops_force_kernel(NULL);
+}
+END_TEST
+
+/* Random keys and values, stride apart: as halves, and the same values as floats. */
+typedef struct {
+    uint16_t *h;
+    float *f;
+} kv_pair;
+
+static kv_pair random_halves(size_t n, uint32_t *seed) {
+    kv_pair p = { malloc(sizeof(uint16_t) * n), calloc(n, sizeof(float)) };
+    for (size_t i = 0; i < n; i++) p.f[i] = uniform(seed, -2, 2);
+    round_to_f16(p.h, p.f, (int)n);
+    for (size_t i = 0; i < n; i++) p.f[i] = qvl_f16_to_f32(p.h[i]);
+    return p;
+}
+
+/* Decoding attention over an f16 cache: within 2e-5 of a double-precision
+ * reference computed from the halves' values, and bit for bit what the same
+ * kernels give for floats holding those values (so an f16 cache is exactly
+ * an f32 cache of rounded keys and values). */
+START_TEST(attention_f16_matches_reference) {
+    if (!use_kernel(_i)) return;
+    uint32_t seed = 21;
+    int dims[3] = { 128, 64, 20 }, lens[2] = { 5, 1000 }, groups[3] = { 1, 2, 3 };
+    for (int di = 0; di < 3; di++)
+        for (int li = 0; li < 2; li++)
+            for (int gi = 0; gi < 3; gi++) {
+                int dim = dims[di], n = lens[li], group = groups[gi], stride = dim + 8;
+                float *q = random_floats((size_t)group * dim, &seed, -1, 1);
+                kv_pair k = random_halves((size_t)n * stride, &seed), v = random_halves((size_t)n * stride, &seed);
+                float *out = malloc(sizeof(float) * (size_t)group * dim), *ref = malloc(sizeof(float) * (size_t)group * dim);
+                float *scores = malloc(sizeof(float) * (size_t)group * n);
+                float scale = 3.0f / sqrtf((float)dim);
+                attend_group(out, q, group, k.h, v.h, QVL_F16, n, stride, dim, scale, scores);
+                attend_group(ref, q, group, k.f, v.f, QVL_F32, n, stride, dim, scale, scores);
+                ck_assert_msg(!memcmp(out, ref, sizeof(float) * (size_t)group * dim),
+                              "%s dim %d n %d group %d: f16 and f32 of the same values differ", KERNELS[_i], dim, n, group);
+                double *p = malloc(sizeof(double) * (size_t)n);
+                for (int g = 0; g < group; g++) {
+                    double max = -INFINITY, sum = 0;
+                    for (int j = 0; j < n; j++) {
+                        double s = 0;
+                        for (int d = 0; d < dim; d++)
+                            s += (double)q[g * dim + d] * qvl_f16_to_f32(k.h[(size_t)j * stride + d]);
+                        p[j] = s * scale;
+                        if (p[j] > max) max = p[j];
+                    }
+                    for (int j = 0; j < n; j++) { p[j] = exp(p[j] - max); sum += p[j]; }
+                    for (int d = 0; d < dim; d++) {
+                        double want = 0;
+                        for (int j = 0; j < n; j++) want += p[j] / sum * qvl_f16_to_f32(v.h[(size_t)j * stride + d]);
+                        ck_assert_msg(fabs(out[g * dim + d] - want) < 2e-5, "%s dim %d n %d group %d: out[%d][%d] = %.7g, want %.7g",
+                                      KERNELS[_i], dim, n, group, g, d, out[g * dim + d], want);
+                    }
+                }
+                free(p); free(q); free(k.h); free(k.f); free(v.h); free(v.f); free(out); free(ref); free(scores);
+            }
+    ops_force_kernel(NULL);
+}
+END_TEST
+
+/* Prefill attention (many queries, causal after cached tokens, and full)
+ * over f16 keys and values: bit for bit the float path on the same values,
+ * for more queries than one block and head sizes on and off the vector
+ * width; and within 1e-5 of one query at a time. */
+START_TEST(attention_block_f16_equals_f32) {
+    if (!use_kernel(_i)) return;
+    uint32_t seed = 22;
+    int dims[2] = { 128, 20 };
+    for (int di = 0; di < 2; di++) {
+        int dim = dims[di], nq = ATTEND_QBLOCK + 37, nk = nq + 29, ld = dim + 24;
+        float *q = random_floats((size_t)nq * ld, &seed, -1, 1);
+        kv_pair k = random_halves((size_t)nk * ld, &seed), v = random_halves((size_t)nk * ld, &seed);
+        float *out = malloc(sizeof(float) * (size_t)nq * ld), *ref = malloc(sizeof(float) * (size_t)nq * ld);
+        float *scores = malloc(sizeof(float) * (size_t)ATTEND_QBLOCK * nk), one[128];
+        float scale = 1.0f / sqrtf((float)dim);
+        for (int causal = 0; causal < 2; causal++) {
+            int past = causal ? nk - nq : -1;
+            memset(out, 0, sizeof(float) * (size_t)nq * ld);
+            memset(ref, 0, sizeof(float) * (size_t)nq * ld);
+            attend_block(out, ld, q, ld, k.h, v.h, QVL_F16, ld, nq, nk, dim, scale, past, scores);
+            attend_block(ref, ld, q, ld, k.f, v.f, QVL_F32, ld, nq, nk, dim, scale, past, scores);
+            ck_assert_msg(!memcmp(out, ref, sizeof(float) * (size_t)nq * ld), "%s dim %d causal %d: f16 and f32 differ",
+                          KERNELS[_i], dim, causal);
+            for (int i = 0; i < nq; i += 13) {
+                attend_group(one, q + (size_t)i * ld, 1, k.h, v.h, QVL_F16, causal ? past + i + 1 : nk, ld, dim, scale,
+                             scores);
+                for (int d = 0; d < dim; d++)
+                    ck_assert_msg(fabsf(out[(size_t)i * ld + d] - one[d]) < 1e-5, "%s dim %d causal %d query %d: %g vs %g",
+                                  KERNELS[_i], dim, causal, i, out[(size_t)i * ld + d], one[d]);
+            }
+        }
+        free(q); free(k.h); free(k.f); free(v.h); free(v.f); free(out); free(ref); free(scores);
+    }
     ops_force_kernel(NULL);
 }
 END_TEST
@@ -482,6 +663,10 @@ int main(void) {
     tcase_add_loop_test(k, activations_match_libm, 0, NKERNELS);
     tcase_add_loop_test(k, softmax_matches_reference, 0, NKERNELS);
     tcase_add_loop_test(k, attention_groups_match_reference, 0, NKERNELS);
+    tcase_add_test(k, f16_scalar_rounds_to_nearest_even);
+    tcase_add_loop_test(k, f16_rounding_matches_scalar, 0, NKERNELS);
+    tcase_add_loop_test(k, attention_f16_matches_reference, 0, NKERNELS);
+    tcase_add_loop_test(k, attention_block_f16_equals_f32, 0, NKERNELS);
     suite_add_tcase(s, k);
     TCase *p = tcase_create("pool");
     tcase_set_timeout(p, 60);

@@ -223,6 +223,38 @@ START_TEST(matmul_option) {
 }
 END_TEST
 
+/* --kv-cache: the KV cache's element type, passed on to the session;
+ * kv_cache_name gives the option's spelling back (qvl bench reports it). */
+START_TEST(kv_cache_option) {
+    qvl_options o;
+    qvl_session_opts so;
+    qvl_source src = source_dir("/models/x");
+    char err[QVL_ERR_MAX];
+    static const struct { const char *arg; qvl_dtype t; } ok[] = { { "f16", QVL_F16 }, { "f32", QVL_F32 } };
+    ck_assert_int_eq(parse(&o, err, NULL), OPTIONS_RUN);
+    ck_assert_int_eq(o.kv_dtype, QVL_F32);
+    options_session(&o, &src, &so);
+    ck_assert_int_eq(so.kv_dtype, QVL_F32);
+    options_free(&o);
+    for (int i = 0; i < 2; i++) {
+        ck_assert_msg(parse(&o, err, "--kv-cache", ok[i].arg, NULL) == OPTIONS_RUN, "%s", err);
+        ck_assert_int_eq(o.kv_dtype, ok[i].t);
+        options_session(&o, &src, &so);
+        ck_assert_int_eq(so.kv_dtype, ok[i].t);
+        ck_assert_str_eq(kv_cache_name(so.kv_dtype), ok[i].arg);
+        options_free(&o);
+    }
+    /* The last one given wins, as for every option. */
+    ck_assert_int_eq(parse(&o, err, "--kv-cache=f16", "--kv-cache", "f32", NULL), OPTIONS_RUN);
+    ck_assert_int_eq(o.kv_dtype, QVL_F32);
+    options_free(&o);
+    expect_error("--kv-cache: expected f32 or f16, got 'bf16'", "--kv-cache", "bf16", NULL);
+    expect_error("--kv-cache", "--kv-cache", "F16", NULL);
+    expect_error("--kv-cache", "--kv-cache", "", NULL);
+    expect_error("option --kv-cache needs a value", "--kv-cache", NULL);
+}
+END_TEST
+
 START_TEST(bad_values_name_the_option) {
     expect_error("--temp", "--temp", "-1", NULL);
     expect_error("--temp", "--temp", "hot", NULL);
@@ -476,6 +508,7 @@ int main(void) {
     tcase_add_test(t, help_lists_every_option);
     tcase_add_test(t, quant_option);
     tcase_add_test(t, matmul_option);
+    tcase_add_test(t, kv_cache_option);
     tcase_add_test(t, bad_values_name_the_option);
     tcase_add_test(t, bad_usage);
     tcase_add_test(t, empty_prompt_with_image_is_fine);

@@ -2,7 +2,8 @@
  * across turns gives the reference's multi-turn ids, a cancelled reply leaves
  * the conversation consistent, dropping old turns to fit the context gives
  * the reply a fresh conversation with the kept turns gives, /save + /load
- * restore a conversation, and failures leave the session unchanged. */
+ * restore a conversation, and failures leave the session unchanged.  The
+ * dropping and saving checks run with an f16 KV cache too. */
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -14,6 +15,7 @@
 #include "testutil.h"
 
 static qvl_source demo_src;
+static qvl_dtype kv_type = QVL_F32;     /* the sessions' KV cache (loop tests: f16 for _i = 1) */
 
 static qvl_session_opts base_opts(const qvl_source *src, int ctx) {
     qvl_session_opts o;
@@ -28,6 +30,7 @@ static qvl_session_opts base_opts(const qvl_source *src, int ctx) {
     o.sampling.repeat_penalty = NAN;
     o.sampling.presence_penalty = NAN;
     o.sampling.top_k = -1;
+    o.kv_dtype = kv_type;
     return o;
 }
 
@@ -161,6 +164,7 @@ static void on_notice(void *ctx, const char *msg) {
 /* A context too small for four image turns: the oldest are dropped, and the last
  * reply equals a fresh conversation that holds only the kept turns. */
 START_TEST(dropping_turns_matches_fresh_conversation) {
+    kv_type = _i ? QVL_F16 : QVL_F32;
     demo_src = source_dir(data_path("../../assets/demo-model"));
     qvl_session_opts o = base_opts(&demo_src, 120);
     qvl_session_hooks hooks = { .notice = on_notice };
@@ -206,6 +210,7 @@ START_TEST(dropping_turns_matches_fresh_conversation) {
 END_TEST
 
 START_TEST(save_and_load_continue_the_same) {
+    kv_type = _i ? QVL_F16 : QVL_F32;
     qvl_session *a = open_demo(2048);
     free(ask(a, "demo/example_7.png", "Describe the image.", NULL, NULL, 0));
     char err[QVL_ERR_MAX], path[4096];
@@ -229,6 +234,18 @@ START_TEST(save_and_load_continue_the_same) {
     ck_assert_msg(strstr(err, "/nonexistent/conv.jsonl"), "%s", err);
     session_close(a);
     session_close(b);
+}
+END_TEST
+
+/* The session creates its cache with the type it is given: one it cannot
+ * hold is refused when the session opens. */
+START_TEST(kv_cache_type_reaches_the_cache) {
+    demo_src = source_dir(data_path("../../assets/demo-model"));
+    qvl_session_opts o = base_opts(&demo_src, 256);
+    o.kv_dtype = QVL_BF16;
+    char err[QVL_ERR_MAX] = "";
+    ck_assert(session_open(&o, NULL, err) == NULL);
+    ck_assert_msg(strstr(err, "KV cache") != NULL, "%s", err);
 }
 END_TEST
 
@@ -344,8 +361,9 @@ int main(void) {
     tcase_add_test(tc, multiturn_matches_golden);
     tcase_add_test(tc, demo_answers_across_turns);
     tcase_add_test(tc, cancel_keeps_conversation_consistent);
-    tcase_add_test(tc, dropping_turns_matches_fresh_conversation);
-    tcase_add_test(tc, save_and_load_continue_the_same);
+    tcase_add_loop_test(tc, dropping_turns_matches_fresh_conversation, 0, 2);
+    tcase_add_loop_test(tc, save_and_load_continue_the_same, 0, 2);
+    tcase_add_test(tc, kv_cache_type_reaches_the_cache);
     tcase_add_test(tc, failures_change_nothing);
     tcase_add_test(tc, system_prompt_survives_clear);
     tcase_add_test(tc, chunked_prefill_gives_the_same_reply);
