@@ -41,8 +41,9 @@
  *   AVX2: vpmaddubsw on |x| and sign(x)*q (q8) or on the nibbles (q4);
  *   portable C: plain int32 sums.
  * A block then adds d_w * d_x * dot to a float sum.  Every output is one such
- * row dot product on one thread, so prefill (many rows) and decoding (one)
- * give the same value for a token, whatever the thread count. */
+ * row dot product on one thread (AVX-512: or the same operations in a tiled
+ * product for many rows, see dot_vnni), so prefill (many rows) and decoding
+ * (one) give the same value for a token, whatever the thread count. */
 #include "quant.h"
 
 #include <immintrin.h>
@@ -343,23 +344,21 @@ int quant_bind(const void *data, int ndim, const int64_t *shape, int out, int in
 /* ---------------------------------------------------------------- activations */
 
 /* Activation rows quantized for the dot products: per row in_pad int8 codes,
- * and per block the scale d and d * (sum of the block's codes), the latter
- * for the kernels that add an offset to the weights. */
+ * and per block the scale d, the sum s of the block's codes and d * s, the
+ * latter two for the kernels that add an offset to the weights. */
 typedef struct {
-    int in_pad, nb;
+    int in, in_pad, nb;
+    const float *x;
     int8_t *q;        /* [n][in_pad] */
     float *d, *ds;    /* [n][nb] */
+    int32_t *s;       /* [n][nb] */
 } qact;
 
-static int qact_new(qact *a, const float *x, int n, int in) {
-    a->in_pad = quant_in_padded(in);
-    a->nb = a->in_pad / QUANT_BLOCK;
-    a->q = malloc((size_t)n * (size_t)a->in_pad);
-    a->d = malloc((size_t)n * (size_t)a->nb * sizeof(float));
-    a->ds = malloc((size_t)n * (size_t)a->nb * sizeof(float));
-    if (!a->q || !a->d || !a->ds) return -1;
-    for (int r = 0; r < n; r++) {
-        const float *xr = x + (size_t)r * in;
+static void qact_rows(void *p, int begin, int end) {
+    qact *a = p;
+    int in = a->in;
+    for (int r = begin; r < end; r++) {
+        const float *xr = a->x + (size_t)r * in;
         int8_t *q = a->q + (size_t)r * a->in_pad;
         for (int b = 0; b < a->nb; b++) {
             int i0 = b * QUANT_BLOCK, cnt = in - i0 < QUANT_BLOCK ? (in - i0 > 0 ? in - i0 : 0) : QUANT_BLOCK;
@@ -375,8 +374,22 @@ static int qact_new(qact *a, const float *x, int n, int in) {
             }
             a->d[(size_t)r * a->nb + b] = d;
             a->ds[(size_t)r * a->nb + b] = d * (float)sum;
+            a->s[(size_t)r * a->nb + b] = sum;
         }
     }
+}
+
+static int qact_new(qact *a, const float *x, int n, int in) {
+    a->in = in;
+    a->x = x;
+    a->in_pad = quant_in_padded(in);
+    a->nb = a->in_pad / QUANT_BLOCK;
+    a->q = malloc((size_t)n * (size_t)a->in_pad);
+    a->d = malloc((size_t)n * (size_t)a->nb * sizeof(float));
+    a->ds = malloc((size_t)n * (size_t)a->nb * sizeof(float));
+    a->s = malloc((size_t)n * (size_t)a->nb * sizeof(int32_t));
+    if (!a->q || !a->d || !a->ds || !a->s) return -1;
+    parallel_for(n, qact_rows, a);     /* each row alone: the same codes on any thread */
     return 0;
 }
 
@@ -384,14 +397,27 @@ static void qact_free(qact *a) {
     free(a->q);
     free(a->d);
     free(a->ds);
+    free(a->s);
 }
+
+/* dot(weight row, activation row); row points at the row's codes, nb blocks. */
+typedef float (*row_dot)(const uint8_t *row, int nb, const int8_t *xq, const float *xd, const float *xds,
+                        const int32_t *xs);
+
+/* One matmul: y[n][w->out] from the quantized activations. */
+typedef struct {
+    float *y;
+    const qvl_weight *w;
+    const qact *a;
+    int n;
+    row_dot dot;        /* the row kernel */
+} qmm_job;
 
 /* ---------------------------------------------------------------- row dot products */
 
-/* dot(weight row, activation row); row points at the row's codes, nb blocks. */
-typedef float (*row_dot)(const uint8_t *row, int nb, const int8_t *xq, const float *xd, const float *xds);
-
-static float dot_q8_portable(const uint8_t *row, int nb, const int8_t *xq, const float *xd, const float *xds) {
+static float dot_q8_portable(const uint8_t *row, int nb, const int8_t *xq, const float *xd, const float *xds,
+                             const int32_t *xs) {
+    (void)xs;
     (void)xds;
     const int8_t *wq = (const int8_t *)row;
     const uint8_t *sc = row + (size_t)nb * QUANT_BLOCK;
@@ -404,7 +430,9 @@ static float dot_q8_portable(const uint8_t *row, int nb, const int8_t *xq, const
     return acc;
 }
 
-static float dot_q4_portable(const uint8_t *row, int nb, const int8_t *xq, const float *xd, const float *xds) {
+static float dot_q4_portable(const uint8_t *row, int nb, const int8_t *xq, const float *xd, const float *xds,
+                             const int32_t *xs) {
+    (void)xs;
     (void)xds;
     int in_pad = nb * QUANT_BLOCK;
     const uint8_t *sc = row + in_pad / 2;
@@ -447,7 +475,9 @@ static inline __m256 dot32_avx2(__m256i u, __m256i x) {
 }
 
 __attribute__((target("avx2,fma,f16c")))
-static float dot_q8_avx2(const uint8_t *row, int nb, const int8_t *xq, const float *xd, const float *xds) {
+static float dot_q8_avx2(const uint8_t *row, int nb, const int8_t *xq, const float *xd, const float *xds,
+                         const int32_t *xs) {
+    (void)xs;
     (void)xds;
     const uint8_t *sc = row + (size_t)nb * QUANT_BLOCK;
     __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
@@ -466,7 +496,9 @@ static float dot_q8_avx2(const uint8_t *row, int nb, const int8_t *xq, const flo
 }
 
 __attribute__((target("avx2,fma,f16c")))
-static float dot_q4_avx2(const uint8_t *row, int nb, const int8_t *xq, const float *xd, const float *xds) {
+static float dot_q4_avx2(const uint8_t *row, int nb, const int8_t *xq, const float *xd, const float *xds,
+                         const int32_t *xs) {
+    (void)xs;
     int in_pad = nb * QUANT_BLOCK;
     const uint8_t *sc = row + in_pad / 2;
     const __m256i low = _mm256_set1_epi8(0xF);
@@ -504,90 +536,272 @@ static float dot_q4_avx2(const uint8_t *row, int nb, const int8_t *xq, const flo
 
 #define VNNI_TARGET "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
 
-__attribute__((target(VNNI_TARGET)))
-static inline float hsum512(__m512 v) { return _mm512_reduce_add_ps(v); }
+/* AVX-512 VNNI computes, for activation row r and output o,
+ *
+ *   S[b]    = the exact integer dot product of block b
+ *   part[k] = sum over the blocks b = k, k+16, k+32, ... in that order of
+ *             fma((float)S[b], d_w[b] * d_x[b], part[k])        (k = 0..15)
+ *   y[r][o] = part[0..15] added in tree16's fixed tree
+ *
+ * The weights enter vpdpbusd unsigned (q8: q + 128 by flipping the top bit;
+ * q4: the nibble q + 8), so S is the instruction's sum less 128 (or 8) times
+ * the activation block's sum of codes, still exact.  Two ways to the same
+ * operations, hence to the same bits:
+ *   decoding (n < GEMM_MIN_ROWS): dot_vnni reads a weight row as stored, one
+ *     stream; vpdpbusd sums 64 inputs (two blocks) at a time, and every 16
+ *     blocks a reduction tree turns 8 such sums into S of 16 blocks, lanes =
+ *     blocks, so part[k] is lane k;
+ *   prefill: a tile of TILE_O = 16 outputs is repacked once per matmul, four
+ *     inputs of the 16 outputs per 64-byte vector, so one vpdpbusd with four
+ *     activation bytes broadcast adds a quarter block to 16 outputs; up to
+ *     GEMM_ROWS = 8 activation rows share each weight load (a register-blocked
+ *     GEMM) and sum a whole block in integers before its float step, lanes =
+ *     outputs.  On the 2B shape's 2048 x 2048 that is 2.3x the row kernel's
+ *     multiply-adds per second.
+ * One row alone and the same row among many thus give identical values, and
+ * each output is computed by one thread whatever the thread count. */
+#define TILE_O 16
+#define GEMM_MIN_ROWS 4
+#define GEMM_ROWS 8
 
-/* Per 16 blocks starting at b0 (cnt of them, cnt even): the 16 products
- * d_w * d_x, and the offset term d_w * d_x * sum(x) accumulated into *off. */
+/* The 64 unsigned weight bytes of blocks b and b+1 (b even) of a row. */
 __attribute__((target(VNNI_TARGET)))
-static inline __m512 scales16(const uint8_t *sc, const float *xd, const float *xds, int b0, int cnt, __m512 *off) {
-    __mmask16 m = (__mmask16)((1u << cnt) - 1);
-    __m512 dw = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, sc + 2 * b0));
-    *off = _mm512_fmadd_ps(dw, _mm512_maskz_loadu_ps(m, xds + b0), *off);
-    return _mm512_mul_ps(dw, _mm512_maskz_loadu_ps(m, xd + b0));
-}
-
-/* One 64-weight step: 16 int32 sums (8 per block of 32) scaled by lanes 2k, 2k+1 of d. */
-__attribute__((target(VNNI_TARGET)))
-static inline __m512 step64(__m512i u, __m512i x, __m512 d, __m512i idx, __m512 acc) {
-    __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, x);
-    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_permutexvar_ps(idx, d), acc);
-}
-
-__attribute__((target(VNNI_TARGET)))
-static float dot_q8_vnni(const uint8_t *row, int nb, const int8_t *xq, const float *xd, const float *xds) {
-    const uint8_t *sc = row + (size_t)nb * QUANT_BLOCK;
-    const __m512i flip = _mm512_set1_epi8((char)0x80);
-    const __m512i first = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512i two = _mm512_set1_epi32(2);
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, off = acc0;
-    for (int b0 = 0; b0 < nb; b0 += 16) {
-        int cnt = nb - b0 < 16 ? nb - b0 : 16;
-        __m512 d = scales16(sc, xd, xds, b0, cnt, &off);
-        __m512i idx = first;
-        const uint8_t *w = row + b0 * QUANT_BLOCK;
-        const int8_t *x = xq + b0 * QUANT_BLOCK;
-        int steps = cnt / 2, s = 0;       /* 64-weight steps, two sums alternating */
-        for (; s + 2 <= steps; s += 2) {
-            _mm_prefetch((const char *)w + 64 * s + QUANT_PREFETCH, _MM_HINT_T0);
-            _mm_prefetch((const char *)w + 64 * s + 64 + QUANT_PREFETCH, _MM_HINT_T0);
-            __m512i u = _mm512_xor_si512(_mm512_loadu_si512(w + 64 * s), flip);
-            acc0 = step64(u, _mm512_loadu_si512(x + 64 * s), d, idx, acc0);
-            idx = _mm512_add_epi32(idx, two);
-            u = _mm512_xor_si512(_mm512_loadu_si512(w + 64 * s + 64), flip);
-            acc1 = step64(u, _mm512_loadu_si512(x + 64 * s + 64), d, idx, acc1);
-            idx = _mm512_add_epi32(idx, two);
-        }
-        if (s < steps)
-            acc0 = step64(_mm512_xor_si512(_mm512_loadu_si512(w + 64 * s), flip),
-                          _mm512_loadu_si512(x + 64 * s), d, idx, acc0);
-    }
-    return hsum512(_mm512_add_ps(acc0, acc1)) - 128.0f * hsum512(off);
-}
-
-__attribute__((target(VNNI_TARGET)))
-static float dot_q4_vnni(const uint8_t *row, int nb, const int8_t *xq, const float *xd, const float *xds) {
-    int in_pad = nb * QUANT_BLOCK;
-    const uint8_t *sc = row + in_pad / 2;
+static inline __m512i pair_u8(const uint8_t *row, qvl_dtype t, int b, int in_pad) {
     const __m512i low = _mm512_set1_epi8(0xF);
-    const __m512i first = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512i two = _mm512_set1_epi32(2);
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, off = acc0;
-    for (int b0 = 0; b0 < nb; b0 += 16) {
-        int cnt = nb - b0 < 16 ? nb - b0 : 16;
-        __m512 d = scales16(sc, xd, xds, b0, cnt, &off);
-        __m512i idx = first;
-        int k = 0;       /* blocks done in this chunk */
-        for (; k + 4 <= cnt; k += 4) {   /* a group of 128: low nibbles 0..63, high 64..127 */
-            int g0 = (b0 + k) * QUANT_BLOCK;
-            _mm_prefetch((const char *)row + g0 / 2 + QUANT_PREFETCH, _MM_HINT_T0);
-            __m512i v = _mm512_loadu_si512(row + g0 / 2);
-            __m512i lo = _mm512_and_si512(v, low), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
-            acc0 = step64(lo, _mm512_loadu_si512(xq + g0), d, idx, acc0);
-            idx = _mm512_add_epi32(idx, two);
-            acc1 = step64(hi, _mm512_loadu_si512(xq + g0 + 64), d, idx, acc1);
-            idx = _mm512_add_epi32(idx, two);
-        }
-        if (k < cnt) {                   /* the row's last group, of 64 */
-            int g0 = (b0 + k) * QUANT_BLOCK;
-            __m256i v = _mm256_loadu_si256((const __m256i *)(row + g0 / 2));
-            __m256i lo = _mm256_and_si256(v, _mm512_castsi512_si256(low));
-            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm512_castsi512_si256(low));
-            __m512i u = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-            acc0 = step64(u, _mm512_loadu_si512(xq + g0), d, idx, acc0);
-        }
+    if (t == QVL_Q8) return _mm512_xor_si512(_mm512_loadu_si512(row + b * QUANT_BLOCK), _mm512_set1_epi8((char)0x80));
+    int i = b * QUANT_BLOCK, g0 = i & ~127;
+    if (g0 + 128 <= in_pad) {            /* a group of 128: low nibbles 0..63, high 64..127 */
+        __m512i v = _mm512_loadu_si512(row + g0 / 2);
+        return i == g0 ? _mm512_and_si512(v, low) : _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
     }
-    return hsum512(_mm512_add_ps(acc0, acc1)) - 8.0f * hsum512(off);
+    __m256i v = _mm256_loadu_si256((const __m256i *)(row + g0 / 2));     /* the last group, of 64 */
+    __m256i lo = _mm256_and_si256(v, _mm512_castsi512_si256(low));
+    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm512_castsi512_si256(low));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+/* Transposes 16 x 16 32-bit elements in place: r[i] lane j <-> r[j] lane i. */
+__attribute__((target(VNNI_TARGET)))
+static inline void transpose16(__m512i r[16]) {
+    __m512i t[16], u[16];
+    _Pragma("GCC unroll 16") for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    _Pragma("GCC unroll 16") for (int i = 0; i < 4; i++) {        /* u[4i + k], 128-bit chunk c: rows 4i..4i+3 at column 4c + k */
+        u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    _Pragma("GCC unroll 16") for (int k = 0; k < 4; k++) {
+        __m512i a0 = _mm512_shuffle_i32x4(u[k], u[4 + k], 0x88), a1 = _mm512_shuffle_i32x4(u[k], u[4 + k], 0xDD);
+        __m512i b0 = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0x88), b1 = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0xDD);
+        r[k] = _mm512_shuffle_i32x4(a0, b0, 0x88);
+        r[8 + k] = _mm512_shuffle_i32x4(a0, b0, 0xDD);
+        r[4 + k] = _mm512_shuffle_i32x4(a1, b1, 0x88);
+        r[12 + k] = _mm512_shuffle_i32x4(a1, b1, 0xDD);
+    }
+}
+
+/* The weight scales of blocks b0 .. b0+15 (those below nb) of the tile's 16
+ * rows, as 16 vectors, lanes = outputs.  (A tile of fewer outputs repeats its
+ * first row: every lane is computed, the stores keep the tile's.) */
+__attribute__((target(VNNI_TARGET)))
+static inline void tile_scales(const uint8_t *const *rows, size_t sc_off, int b0, int nb, __m512 d[16]) {
+    __mmask16 m = (__mmask16)(nb - b0 < 16 ? (1u << (nb - b0)) - 1 : 0xFFFF);
+    __m512i r[16];
+    _Pragma("GCC unroll 16") for (int o = 0; o < 16; o++)
+        r[o] = _mm512_castps_si512(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, rows[o] + sc_off + 2 * b0)));
+    transpose16(r);
+    _Pragma("GCC unroll 16") for (int j = 0; j < 16; j++) d[j] = _mm512_castsi512_ps(r[j]);
+}
+
+/* The float step of block b for one row: acc += S * (d_w * d_x). */
+__attribute__((target(VNNI_TARGET)))
+static inline __m512 block_step(__m512 acc, __m512i sum, int off_sum, __m512 dw, float dx) {
+    __m512i s = _mm512_sub_epi32(sum, _mm512_set1_epi32(off_sum));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(dx)), acc);
+}
+
+/* The 16 block sums of blocks b0 .. b0+15 of one weight row: p[i] is vpdpbusd's
+ * result for the pair b0+2i, b0+2i+1 (lanes 0-7 the first block's partial
+ * sums, 8-15 the second's).  Three levels of adds, then lanes in block order. */
+__attribute__((target(VNNI_TARGET)))
+static inline __m512i block_sums16(const __m512i p[8]) {
+    __m512i t[4], u[2];
+    _Pragma("GCC unroll 16") for (int k = 0; k < 4; k++)
+        t[k] = _mm512_add_epi32(_mm512_unpacklo_epi32(p[2 * k], p[2 * k + 1]), _mm512_unpackhi_epi32(p[2 * k], p[2 * k + 1]));
+    _Pragma("GCC unroll 16") for (int m = 0; m < 2; m++)       /* 128-bit chunk c of u[m]: pairs 4m..4m+3, summed over chunk c of each */
+        u[m] = _mm512_add_epi32(_mm512_unpacklo_epi64(t[2 * m], t[2 * m + 1]), _mm512_unpackhi_epi64(t[2 * m], t[2 * m + 1]));
+    __m512i v = _mm512_add_epi32(_mm512_shuffle_i32x4(u[0], u[1], 0x88), _mm512_shuffle_i32x4(u[0], u[1], 0xDD));
+    /* v holds blocks 0 2 4 6 1 3 5 7 8 10 12 14 9 11 13 15 */
+    const __m512i order = _mm512_set_epi32(15, 11, 14, 10, 13, 9, 12, 8, 7, 3, 6, 2, 5, 1, 4, 0);
+    return _mm512_permutexvar_epi32(order, v);
+}
+
+/* The float sums by block index mod 16 (lanes), added up in a fixed tree:
+ * lanes i and i+8, then i and i+4, i and i+2, i and i+1.  gemm_rows adds its
+ * 16 partial vectors in the same tree. */
+__attribute__((target(VNNI_TARGET)))
+static inline float tree16(__m512 v) {
+    v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0x4E));
+    v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0xB1));
+    v = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4E));
+    v = _mm512_add_ps(v, _mm512_permute_ps(v, 0xB1));
+    return _mm512_cvtss_f32(v);
+}
+
+/* Decoding: one weight row as stored (one stream, as the DRAM likes it),
+ * 16 blocks at a time: their exact sums S in lanes = blocks, then the float
+ * step of each block in the lane of its index mod 16. */
+__attribute__((target(VNNI_TARGET), always_inline))
+static inline float dot_vnni(const uint8_t *row, int nb, const int8_t *xq, const float *xd, const int32_t *xs,
+                             const qvl_dtype t) {
+    int in_pad = nb * QUANT_BLOCK;
+    const uint8_t *sc = row + (t == QVL_Q8 ? (size_t)in_pad : (size_t)in_pad / 2);
+    __m512 acc = _mm512_setzero_ps();
+    for (int b0 = 0; b0 < nb; b0 += 16) {
+        __m512i p[8];
+        const int8_t *x = xq + b0 * QUANT_BLOCK;
+        if (nb - b0 >= 16 && t == QVL_Q8) {         /* 8 pairs of blocks, 512 bytes */
+            const uint8_t *wr = row + b0 * QUANT_BLOCK;
+            _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {
+                _mm_prefetch((const char *)wr + 64 * i + QUANT_PREFETCH, _MM_HINT_T0);
+                __m512i u = _mm512_xor_si512(_mm512_loadu_si512(wr + 64 * i), _mm512_set1_epi8((char)0x80));
+                p[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, _mm512_loadu_si512(x + 64 * i));
+            }
+        } else if (nb - b0 >= 16) {                 /* 4 groups of 128, 256 bytes */
+            const uint8_t *wr = row + b0 * QUANT_BLOCK / 2;
+            const __m512i low = _mm512_set1_epi8(0xF);
+            _Pragma("GCC unroll 4") for (int g = 0; g < 4; g++) {
+                _mm_prefetch((const char *)wr + 64 * g + QUANT_PREFETCH, _MM_HINT_T0);
+                __m512i v = _mm512_loadu_si512(wr + 64 * g);
+                p[2 * g] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(v, low), _mm512_loadu_si512(x + 128 * g));
+                p[2 * g + 1] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(_mm512_srli_epi16(v, 4), low),
+                                                   _mm512_loadu_si512(x + 128 * g + 64));
+            }
+        } else {                                    /* the row's last blocks */
+            for (int i = 0; i < 8; i++) {
+                int b = b0 + 2 * i;
+                p[i] = b < nb ? _mm512_dpbusd_epi32(_mm512_setzero_si512(), pair_u8(row, t, b, in_pad),
+                                                    _mm512_loadu_si512(xq + b * QUANT_BLOCK))
+                              : _mm512_setzero_si512();
+            }
+        }
+        __mmask16 m = (__mmask16)(nb - b0 < 16 ? (1u << (nb - b0)) - 1 : 0xFFFF);
+        __m512i off = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(m, xs + b0), t == QVL_Q8 ? 7 : 3);
+        __m512i sum = _mm512_sub_epi32(block_sums16(p), off);
+        __m512 d = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, sc + 2 * b0)), _mm512_maskz_loadu_ps(m, xd + b0));
+        acc = _mm512_mask3_fmadd_ps(_mm512_cvtepi32_ps(sum), d, acc, m);
+    }
+    return tree16(acc);
+}
+
+__attribute__((target(VNNI_TARGET)))
+static float dot_q8_vnni(const uint8_t *row, int nb, const int8_t *xq, const float *xd, const float *xds,
+                         const int32_t *xs) {
+    (void)xds;
+    return dot_vnni(row, nb, xq, xd, xs, QVL_Q8);
+}
+
+__attribute__((target(VNNI_TARGET)))
+static float dot_q4_vnni(const uint8_t *row, int nb, const int8_t *xq, const float *xd, const float *xds,
+                         const int32_t *xs) {
+    (void)xds;
+    return dot_vnni(row, nb, xq, xd, xs, QVL_Q4);
+}
+
+/* Prefill: the tile repacked (pw: per block pair 16 vectors, vector q holding
+ * inputs 4q..4q+3 of the pair for the 16 outputs; ps: per block the 16
+ * outputs' scales), then R rows at a time.  The blocks of index k mod 16 go
+ * to partial sum k, and the 16 partials are added in tree16's tree, so each
+ * output gets exactly dot_vnni's operations. */
+__attribute__((target(VNNI_TARGET), always_inline))
+static inline void gemm_rows(const qmm_job *j, const __m512i *pw, const __m512 *ps, int o0, int cnt, int r0, int R) {
+    const qact *a = j->a;
+    int nb = a->nb, off = j->w->dtype == QVL_Q8 ? 128 : 8;
+    __m512 part[16][GEMM_ROWS];
+    const int8_t *xq[GEMM_ROWS];
+    _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) xq[r] = a->q + (size_t)(r0 + r) * a->in_pad;
+    for (int k = 0; k < 16; k++) {
+        __m512 acc[GEMM_ROWS];
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+        for (int b = k; b < nb; b += 16) {
+            __m512i s[GEMM_ROWS];
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) s[r] = _mm512_setzero_si512();
+            const __m512i *wb = pw + (size_t)b * 8;          /* block b: 8 vectors of the pair's 16 */
+            _Pragma("GCC unroll 8") for (int q = 0; q < 8; q++) {
+                __m512i wv = _mm512_load_si512(wb + q);
+                _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) {
+                    int32_t x4;
+                    memcpy(&x4, xq[r] + b * QUANT_BLOCK + 4 * q, 4);
+                    s[r] = _mm512_dpbusd_epi32(s[r], wv, _mm512_set1_epi32(x4));
+                }
+            }
+            _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) {
+                size_t rb = (size_t)(r0 + r) * nb + b;
+                __m512i sum = _mm512_sub_epi32(s[r], _mm512_set1_epi32(off * a->s[rb]));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(ps[b], _mm512_set1_ps(a->d[rb])), acc[r]);
+            }
+        }
+        _Pragma("GCC unroll 8") for (int r = 0; r < R; r++) part[k][r] = acc[r];
+    }
+    __mmask16 store = (__mmask16)((1u << cnt) - 1);
+    for (int r = 0; r < R; r++) {
+        __m512 t[8];
+        for (int i = 0; i < 8; i++) t[i] = _mm512_add_ps(part[i][r], part[i + 8][r]);
+        for (int i = 0; i < 4; i++) t[i] = _mm512_add_ps(t[i], t[i + 4]);
+        for (int i = 0; i < 2; i++) t[i] = _mm512_add_ps(t[i], t[i + 2]);
+        _mm512_mask_storeu_ps(j->y + (size_t)(r0 + r) * j->w->out + o0, store, _mm512_add_ps(t[0], t[1]));
+    }
+}
+
+__attribute__((target(VNNI_TARGET)))
+static void tile_gemm(const qmm_job *j, const uint8_t *const *rows, int o0, int cnt, __m512i *pw, __m512 *ps) {
+    const qvl_weight *w = j->w;
+    int nb = j->a->nb, in_pad = j->a->in_pad;
+    size_t sc_off = w->dtype == QVL_Q8 ? (size_t)in_pad : (size_t)in_pad / 2;
+    for (int b = 0; b < nb; b += 2) {
+        __m512i r[16];
+        for (int o = 0; o < 16; o++) r[o] = pair_u8(rows[o], w->dtype, b, in_pad);
+        transpose16(r);
+        for (int q = 0; q < 16; q++) _mm512_store_si512(pw + (size_t)b * 8 + q, r[q]);
+    }
+    for (int b0 = 0; b0 < nb; b0 += 16) {
+        __m512 d[16];
+        tile_scales(rows, sc_off, b0, nb, d);
+        for (int k = 0; k < 16 && b0 + k < nb; k++) ps[b0 + k] = d[k];
+    }
+    int r0 = 0;
+    for (; r0 + GEMM_ROWS <= j->n; r0 += GEMM_ROWS) gemm_rows(j, pw, ps, o0, cnt, r0, GEMM_ROWS);
+    switch (j->n - r0) {       /* the rest, with the row count a constant so the sums stay in registers */
+    case 7: gemm_rows(j, pw, ps, o0, cnt, r0, 7); break;
+    case 6: gemm_rows(j, pw, ps, o0, cnt, r0, 6); break;
+    case 5: gemm_rows(j, pw, ps, o0, cnt, r0, 5); break;
+    case 4: gemm_rows(j, pw, ps, o0, cnt, r0, 4); break;
+    case 3: gemm_rows(j, pw, ps, o0, cnt, r0, 3); break;
+    case 2: gemm_rows(j, pw, ps, o0, cnt, r0, 2); break;
+    case 1: gemm_rows(j, pw, ps, o0, cnt, r0, 1); break;
+    default: break;
+    }
+}
+
+/* parallel_for task: tiles begin .. end-1 of TILE_O outputs. */
+static void qmm_tiles_vnni(void *p, int begin, int end) {
+    const qmm_job *j = p;
+    const qvl_weight *w = j->w;
+    int nb = j->a->nb;
+    /* the packed tile: 576 bytes a block, 108 KB for the widest 2B matrix */
+    void *buf = aligned_alloc(64, (size_t)nb * 8 * 64 + (size_t)nb * 64);
+    if (!buf) abort();
+    for (int tile = begin; tile < end; tile++) {
+        int o0 = tile * TILE_O, cnt = w->out - o0 < TILE_O ? w->out - o0 : TILE_O;
+        const uint8_t *rows[TILE_O];
+        for (int o = 0; o < TILE_O; o++) rows[o] = (const uint8_t *)w->data + (size_t)(o0 + (o < cnt ? o : 0)) * (size_t)w->ld;
+        tile_gemm(j, rows, o0, cnt, buf, (__m512 *)((char *)buf + (size_t)nb * 8 * 64));
+    }
+    free(buf);
 }
 
 /* ---------------------------------------------------------------- dispatch */
@@ -629,14 +843,6 @@ static row_dot pick_dot(qvl_dtype t) {
 
 #define ROW_TILE 16     /* output rows whose weights stay in L1 while every token passes */
 
-typedef struct {
-    float *y;
-    const qvl_weight *w;
-    const qact *a;
-    int n;
-    row_dot dot;
-} qmm_job;
-
 static void qmm_rows(void *p, int begin, int end) {
     qmm_job *j = p;
     const qvl_weight *w = j->w;
@@ -646,9 +852,10 @@ static void qmm_rows(void *p, int begin, int end) {
         for (int r = 0; r < j->n; r++) {
             const int8_t *xq = a->q + (size_t)r * a->in_pad;
             const float *xd = a->d + (size_t)r * a->nb, *xds = a->ds + (size_t)r * a->nb;
+            const int32_t *xs = a->s + (size_t)r * a->nb;
             float *y = j->y + (size_t)r * w->out;
             for (int o = o0; o < o1; o++)
-                y[o] = j->dot((const uint8_t *)w->data + (size_t)o * (size_t)w->ld, a->nb, xq, xd, xds);
+                y[o] = j->dot((const uint8_t *)w->data + (size_t)o * (size_t)w->ld, a->nb, xq, xd, xds, xs);
         }
     }
 }
@@ -658,7 +865,8 @@ void quant_matmul(float *y, const float *x, const qvl_weight *w, int n) {
     qact a;
     if (qact_new(&a, x, n, w->in)) abort();    /* n * in bytes: as small as the activations */
     qmm_job j = { y, w, &a, n, pick_dot(w->dtype) };
-    parallel_for(w->out, qmm_rows, &j);
+    if (cpu_kernel() == K_VNNI && n >= GEMM_MIN_ROWS) parallel_for((w->out + TILE_O - 1) / TILE_O, qmm_tiles_vnni, &j);
+    else parallel_for(w->out, qmm_rows, &j);
     qact_free(&a);
 }
 
