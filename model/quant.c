@@ -109,7 +109,7 @@ static void q4_code_at(int i, int in_pad, int *byte, int *shift) {
 /* ---------------------------------------------------------------- quantizing */
 
 /* A float16 scale that the quantizer then uses exactly as the kernels will. */
-static float f16_round(float d) {
+static inline __attribute__((always_inline)) float f16_round(float d) {
     uint32_t u;
     memcpy(&u, &d, 4);
     uint32_t e = (u >> 23) & 0xff;
