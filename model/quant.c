@@ -585,7 +585,7 @@ static float dot_q4_avx2(const uint8_t *row, int nb, const int8_t *xq, const flo
  *     activation bytes broadcast adds a quarter block to 16 outputs; up to
  *     GEMM_ROWS = 8 activation rows share each weight load (a register-blocked
  *     GEMM) and sum a whole block in integers before its float step, lanes =
- *     outputs.  On the 2B shape's 2048 x 2048 that is 2.3x the row kernel's
+ *     outputs.  On the 2B shape's 2048 x 2048 that is 2.5x the row kernel's
  *     multiply-adds per second.
  * One row alone and the same row among many thus give identical values, and
  * each output is computed by one thread whatever the thread count. */
