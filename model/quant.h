@@ -56,11 +56,18 @@ void quant_matmul(float *y, const float *x, const qvl_weight *w, int n);
 typedef int (*quant_visit)(void *ctx, const char *name, qvl_weight *w);
 int quant_for_each_matrix(qvl_model *m, quant_visit fn, void *ctx);
 
-/* Replaces every matrix above by a quantized copy held by the model; the
- * embedding lookup keeps its stored dtype.  The mapped pages of the replaced
- * matrices are handed back to the kernel, so resident memory is about the
- * quantized size.  Matrices already quantized (a `qvl quantize` checkpoint)
- * stay as they are if of the same type; another type is an error. */
+/* The type model_quantize gives the matrix `name` (as quant_for_each_matrix
+ * names it) under q: QVL_Q8 for every matrix under q8; under q4 a mix, most
+ * matrices QVL_Q4 but attention's v and o projections and the MLP (or
+ * experts) of the first eighth of the layers QVL_Q8 (why: atop quant.c). */
+qvl_dtype quant_type_for(const qvl_model *m, qvl_quant q, const char *name);
+
+/* Replaces every matrix above by a quantized copy held by the model, of the
+ * type quant_type_for gives it; the embedding lookup keeps its stored dtype.
+ * The mapped pages of the replaced matrices are handed back to the kernel, so
+ * resident memory is about the quantized size.  Matrices already quantized (a
+ * `qvl quantize` checkpoint) stay as they are if of that type (under q4, q4 is
+ * taken too); another type is an error. */
 int model_quantize(qvl_model *m, qvl_quant q, char *err);
 
 /* Which integer kernel runs: "avx512vnni", "avx2" or "portable". */
