@@ -208,6 +208,35 @@ static void weights_facts(const qvl_model *m, bench_result *r) {
     r->dtype = qvl_dtype_name((qvl_dtype)top);
 }
 
+/* A `qvl quantize` checkpoint stores its quantized matrices as U8 tensors of
+ * [out, row bytes], which weights_facts counted as that many parameters:
+ * counted again as out x in here.  Returns the checkpoint's quantization
+ * (q4 if any matrix is 4-bit: the q4 mix keeps some at 8), or none. */
+typedef struct {
+    bench_result *r;
+    int tied;
+    int q8, q4;
+} stored_scan;
+
+static int scan_stored(void *ctx, const char *name, qvl_weight *w) {
+    stored_scan *s = ctx;
+    if (!quant_is_quantized(w->dtype)) return 0;
+    /* a tied lm_head's copy adds no parameters of its own */
+    int tied_copy = !strcmp(name, "lm_head.weight") && s->tied;
+    long long fix = (tied_copy ? 0 : (long long)w->out * w->in) - (long long)w->out * w->ld;
+    s->r->params += fix;
+    s->r->text_params += fix;
+    if (w->dtype == QVL_Q4) s->q4 = 1;
+    else s->q8 = 1;
+    return 0;
+}
+
+static qvl_quant stored_quant(qvl_model *m, bench_result *r) {
+    stored_scan s = { r, m->cfg.text.tie_embeddings, 0, 0 };
+    quant_for_each_matrix(m, scan_stored, &s);
+    return s.q4 ? QVL_QUANT_Q4 : s.q8 ? QVL_QUANT_Q8 : QVL_QUANT_NONE;
+}
+
 /* Bytes of a matrix as the products read it. */
 static long long matrix_bytes(const qvl_weight *w) {
     if (quant_is_quantized(w->dtype)) return (long long)w->out * w->ld;
@@ -488,7 +517,9 @@ static int bench_run(const bench_opts *o, bench_result *r, char *err) {
     if (!(m = model_load(src, err))) goto done;
     r->load_s = qvl_now() - t0;
     weights_facts(m, r);
-    r->quant = quant_name(o->quant);
+    qvl_quant stored = stored_quant(m, r);
+    r->quant = quant_name(o->quant != QVL_QUANT_NONE ? o->quant : stored);
+    if (stored != QVL_QUANT_NONE) r->quant_kernel = quant_kernel_name();
     if (o->quant != QVL_QUANT_NONE) {
         progress(o, "quantizing to %s", r->quant);
         long long before = quantizable_bytes(m);

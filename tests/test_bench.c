@@ -280,6 +280,31 @@ START_TEST(quantized_weights_shrink) {
 }
 END_TEST
 
+/* A checkpoint written by `qvl quantize` is reported as what it is: its
+ * quantization, and the parameters of the matrices (not their bytes). */
+START_TEST(quantized_checkpoint_is_reported) {
+    char cmd[8192], args[4400], *out, *err;
+    const char *dir = tmp_dir("bench-q4");
+    snprintf(cmd, sizeof cmd, "%s quantize -m '%s' -o '%s' --quant q4", build_path("qvl"),
+             build_path("tests/models/tiny-qwen3vl"), dir);
+    ck_assert_msg(run_cmd(cmd, &out, &err) == 0, "qvl quantize: %s", err);
+    free(out); free(err);
+    double params[2];
+    const char *models[2] = { build_path("tests/models/tiny-qwen3vl"), dir };
+    for (int i = 0; i < 2; i++) {
+        snprintf(args, sizeof args, "-m '%s' --pp 4 --tg 2 --reps 1 --no-images --json-only", models[i]);
+        ck_assert_msg(bench(args, &out, &err) == 0, "%s", err);
+        cJSON *j = last_line_json(out);
+        params[i] = num(j, "params");
+        ck_assert_str_eq(str(j, "quant"), i ? "q4" : "none");
+        ck_assert_int_eq(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(j, "quant_kernel")), i == 0);
+        cJSON_Delete(j);
+        free(out); free(err);
+    }
+    ck_assert_msg(params[0] == params[1], "params: as stored %.0f, quantized checkpoint %.0f", params[0], params[1]);
+}
+END_TEST
+
 /* --matmul bf16 is reported, and runs where the CPU has AVX512_BF16 (an
  * error naming the option elsewhere). */
 START_TEST(bf16_matmul_is_reported) {
@@ -366,6 +391,7 @@ int main(void) {
     tcase_add_test(tc, kv_cache_f16_halves_the_bytes);
     tcase_add_test(tc, usage_errors);
     tcase_add_test(tc, bf16_matmul_is_reported);
+    tcase_add_test(tc, quantized_checkpoint_is_reported);
     tcase_add_test(tc, bad_model_dir);
     suite_add_tcase(s, tc);
     return run_suite(s);
