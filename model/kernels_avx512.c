@@ -212,19 +212,39 @@ AVX512 static void widen(float *dst, const void *src, qvl_dtype t, int n) {
 #define GEMM_MR 12
 #define GEMM_NR 32
 
-AVX512 static void gemm_kernel(int kc, const float *a, const float *b, float *c, int ldc, int accumulate, int mr, int nr) {
-    __mmask16 m0 = nr >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
-    __mmask16 m1 = nr >= 32 ? (__mmask16)0xffff : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
-    __m512 c0[GEMM_MR], c1[GEMM_MR];
+/* A block's rows of C into c0 (columns 0-15) and c1 (16-31): the stored
+ * values when accumulating, else zeros; m0, m1 mask the nr valid columns. */
+AVX512 __attribute__((always_inline)) static inline void load_block(__m512 *c0, __m512 *c1, const float *c, int ldc,
+                                                                   int accumulate, int mr, int nr, __mmask16 *m0,
+                                                                   __mmask16 *m1) {
+    *m0 = nr >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
+    *m1 = nr >= 32 ? (__mmask16)0xffff : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
 #pragma GCC unroll 12
     for (int m = 0; m < GEMM_MR; m++) {
         if (accumulate && m < mr) {
-            c0[m] = _mm512_maskz_loadu_ps(m0, c + (size_t)m * ldc);
-            c1[m] = _mm512_maskz_loadu_ps(m1, c + (size_t)m * ldc + 16);
+            c0[m] = _mm512_maskz_loadu_ps(*m0, c + (size_t)m * ldc);
+            c1[m] = _mm512_maskz_loadu_ps(*m1, c + (size_t)m * ldc + 16);
         } else {
             c0[m] = c1[m] = _mm512_setzero_ps();
         }
     }
+}
+
+/* The block's mr valid rows back to C. */
+AVX512 __attribute__((always_inline)) static inline void store_block(const __m512 *c0, const __m512 *c1, float *c, int ldc,
+                                                                    int mr, __mmask16 m0, __mmask16 m1) {
+#pragma GCC unroll 12
+    for (int m = 0; m < GEMM_MR; m++)
+        if (m < mr) {
+            _mm512_mask_storeu_ps(c + (size_t)m * ldc, m0, c0[m]);
+            _mm512_mask_storeu_ps(c + (size_t)m * ldc + 16, m1, c1[m]);
+        }
+}
+
+AVX512 static void gemm_kernel(int kc, const float *a, const float *b, float *c, int ldc, int accumulate, int mr, int nr) {
+    __mmask16 m0, m1;
+    __m512 c0[GEMM_MR], c1[GEMM_MR];
+    load_block(c0, c1, c, ldc, accumulate, mr, nr, &m0, &m1);
     for (int k = 0; k < kc; k++) {
         __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
 #pragma GCC unroll 12
@@ -236,12 +256,7 @@ AVX512 static void gemm_kernel(int kc, const float *a, const float *b, float *c,
         a += GEMM_MR;
         b += GEMM_NR;
     }
-#pragma GCC unroll 12
-    for (int m = 0; m < GEMM_MR; m++)
-        if (m < mr) {
-            _mm512_mask_storeu_ps(c + (size_t)m * ldc, m0, c0[m]);
-            _mm512_mask_storeu_ps(c + (size_t)m * ldc + 16, m1, c1[m]);
-        }
+    store_block(c0, c1, c, ldc, mr, m0, m1);
 }
 
 /* r[i] (row i) becomes column i. */
@@ -549,18 +564,9 @@ AVX512 static void narrow_f16(uint16_t *dst, const float *src, int n) {
 
 AVX512BF16 static void gemm_bf16_kernel(int kc, const uint32_t *a, const uint32_t *b, float *c, int ldc,
                                         int accumulate, int mr, int nr) {
-    __mmask16 m0 = nr >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
-    __mmask16 m1 = nr >= 32 ? (__mmask16)0xffff : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
+    __mmask16 m0, m1;
     __m512 c0[GEMM_MR], c1[GEMM_MR];
-#pragma GCC unroll 12
-    for (int m = 0; m < GEMM_MR; m++) {
-        if (accumulate && m < mr) {
-            c0[m] = _mm512_maskz_loadu_ps(m0, c + (size_t)m * ldc);
-            c1[m] = _mm512_maskz_loadu_ps(m1, c + (size_t)m * ldc + 16);
-        } else {
-            c0[m] = c1[m] = _mm512_setzero_ps();
-        }
-    }
+    load_block(c0, c1, c, ldc, accumulate, mr, nr, &m0, &m1);
     for (int p = 0; p < kc; p += 2) {
         __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 16);
 #pragma GCC unroll 12
@@ -572,12 +578,7 @@ AVX512BF16 static void gemm_bf16_kernel(int kc, const uint32_t *a, const uint32_
         a += GEMM_MR;
         b += GEMM_NR;
     }
-#pragma GCC unroll 12
-    for (int m = 0; m < GEMM_MR; m++)
-        if (m < mr) {
-            _mm512_mask_storeu_ps(c + (size_t)m * ldc, m0, c0[m]);
-            _mm512_mask_storeu_ps(c + (size_t)m * ldc + 16, m1, c1[m]);
-        }
+    store_block(c0, c1, c, ldc, mr, m0, m1);
 }
 
 /* Out-major weights are already in pairs: the 32-bit word p of row o is
