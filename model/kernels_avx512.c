@@ -5,9 +5,9 @@
  * they become two float vectors with one shift (the even elements, whose bits
  * sit in the low halves of the 32-bit lanes) and one AND (the odd elements,
  * already in the high halves).  x is laid out once per product to match:
- * within each chunk of 32, the 16 even entries then the 16 odd ones.  Four
- * rows run together so that each x vector loaded serves four FMAs, with a
- * software prefetch a few cache lines ahead of each row.  In-major weights
+ * within each chunk of 32, the 16 even entries then the 16 odd ones.  Rows
+ * run one after another, a single stream per thread with a software
+ * prefetch 2 KiB ahead (faster here than interleaving rows).  In-major weights
  * (the published MoE experts) stream eight input rows at a time into an
  * accumulator block in L1, widened the same way.
  *
@@ -35,7 +35,7 @@
 
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 #define CHUNK 32               /* weights per 64-byte bf16 load */
-#define PREFETCH_BYTES 512     /* how far ahead of each row to prefetch */
+#define PREFETCH_BYTES 2048    /* how far ahead of each row to prefetch */
 
 static int round_up(int n, int m) { return (n + m - 1) / m * m; }
 
@@ -87,46 +87,34 @@ AVX512 __attribute__((always_inline)) static inline void load32(const void *w, q
     }
 }
 
-/* R rows (1..4) at once; each row keeps two accumulators, so its sum is the
- * same whatever R is. */
-AVX512 __attribute__((always_inline)) static inline void dot_group(float *y, const char *w, size_t row_bytes, qvl_dtype t, int R,
-                                    const float *xp, int n, size_t es) {
-    __m512 acc_a[4], acc_b[4];
-#pragma GCC unroll 4
-    for (int r = 0; r < 4; r++) acc_a[r] = acc_b[r] = _mm512_setzero_ps();
+/* One row's dot product, a single stream through memory: reading rows one
+ * after another, with a software prefetch 2 KiB ahead, keeps the hardware
+ * prefetchers on one sequential stream per thread.  Measured on the 2B shape
+ * (2 threads, Zen 4), 8.5-9.5 tokens/s against 7.6-8.2 for four rows
+ * interleaved with a 512-byte prefetch, the earlier layout. */
+AVX512 static float dot_row(const char *w, qvl_dtype t, const float *xp, int n, size_t es) {
+    __m512 acc_a = _mm512_setzero_ps(), acc_b = _mm512_setzero_ps();
     int c = 0;
     for (; c + CHUNK <= n; c += CHUNK) {
-        __m512 xa = _mm512_loadu_ps(xp + c), xb = _mm512_loadu_ps(xp + c + 16);
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++) {
-            const char *p = w + (size_t)r * row_bytes + (size_t)c * es;
-            _mm_prefetch(p + PREFETCH_BYTES, _MM_HINT_T0);
-            __m512 a, b;
-            load32(p, t, CHUNK, &a, &b);
-            acc_a[r] = _mm512_fmadd_ps(a, xa, acc_a[r]);
-            acc_b[r] = _mm512_fmadd_ps(b, xb, acc_b[r]);
-        }
+        const char *p = w + (size_t)c * es;
+        _mm_prefetch(p + PREFETCH_BYTES, _MM_HINT_T0);
+        __m512 a, b;
+        load32(p, t, CHUNK, &a, &b);
+        acc_a = _mm512_fmadd_ps(a, _mm512_loadu_ps(xp + c), acc_a);
+        acc_b = _mm512_fmadd_ps(b, _mm512_loadu_ps(xp + c + 16), acc_b);
     }
     if (c < n) {
-        __m512 xa = _mm512_loadu_ps(xp + c), xb = _mm512_loadu_ps(xp + c + 16);
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++) {
-            __m512 a, b;
-            load32(w + (size_t)r * row_bytes + (size_t)c * es, t, n - c, &a, &b);
-            acc_a[r] = _mm512_fmadd_ps(a, xa, acc_a[r]);
-            acc_b[r] = _mm512_fmadd_ps(b, xb, acc_b[r]);
-        }
+        __m512 a, b;
+        load32(w + (size_t)c * es, t, n - c, &a, &b);
+        acc_a = _mm512_fmadd_ps(a, _mm512_loadu_ps(xp + c), acc_a);
+        acc_b = _mm512_fmadd_ps(b, _mm512_loadu_ps(xp + c + 16), acc_b);
     }
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++) y[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc_a[r], acc_b[r]));
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc_a, acc_b));
 }
 
 AVX512 static void dot_rows(float *y, const void *w, qvl_dtype t, int64_t ld, int rows, const float *xp, int n) {
     size_t es = qvl_dtype_size(t), row_bytes = (size_t)ld * es;
-    const char *base = w;
-    int r = 0;
-    for (; r + 4 <= rows; r += 4) dot_group(y + r, base + (size_t)r * row_bytes, row_bytes, t, 4, xp, n, es);
-    for (; r < rows; r++) dot_group(y + r, base + (size_t)r * row_bytes, row_bytes, t, 1, xp, n, es);
+    for (int r = 0; r < rows; r++) y[r] = dot_row((const char *)w + (size_t)r * row_bytes, t, xp, n, es);
 }
 
 /* 16 stored weights at w (the first `valid`), as floats in order. */
