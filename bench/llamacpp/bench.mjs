@@ -29,8 +29,8 @@
 
 import fs from "node:fs";
 import os from "node:os";
+import { importNodeLlamaCpp } from "./node_llama.mjs";
 import path from "node:path";
-import { pathToFileURL } from "node:url";
 
 function parseArgs(argv) {
     const a = { threads: 2, pp: 512, tg: 128, reps: 3, batch: 512, fa: "auto", models: [] };
@@ -62,23 +62,6 @@ function parseArgs(argv) {
     return a;
 }
 
-// An ES module resolves bare imports from its own folder, not from the working
-// directory, so the node_modules holding node-llama-cpp is looked up here:
-// $NODE_LLAMA_CPP_DIR, else ./node_modules of the working directory, else the
-// ordinary resolution.
-async function importNodeLlamaCpp() {
-    const dirs = [process.env.NODE_LLAMA_CPP_DIR, path.join(process.cwd(), "node_modules")];
-    for (const dir of dirs) {
-        if (!dir) continue;
-        const pkg = path.join(dir, "node-llama-cpp");
-        if (!fs.existsSync(path.join(pkg, "package.json"))) continue;
-        const meta = JSON.parse(fs.readFileSync(path.join(pkg, "package.json"), "utf8"));
-        const exp = meta.exports?.["."];
-        const entry = (typeof exp === "string" ? exp : exp?.import ?? exp?.default) ?? meta.main;
-        return import(pathToFileURL(path.join(pkg, entry)).href);
-    }
-    return import("node-llama-cpp");
-}
 
 function stats(xs) {
     const mean = xs.reduce((s, x) => s + x, 0) / xs.length;

@@ -19,22 +19,9 @@
 // expected, not equality.
 
 import fs from "node:fs";
+import { importNodeLlamaCpp } from "./node_llama.mjs";
 import path from "node:path";
-import { pathToFileURL } from "node:url";
 
-async function importNodeLlamaCpp() {
-    const dirs = [process.env.NODE_LLAMA_CPP_DIR, path.join(process.cwd(), "node_modules")];
-    for (const dir of dirs) {
-        if (!dir) continue;
-        const pkg = path.join(dir, "node-llama-cpp");
-        if (!fs.existsSync(path.join(pkg, "package.json"))) continue;
-        const meta = JSON.parse(fs.readFileSync(path.join(pkg, "package.json"), "utf8"));
-        const exp = meta.exports?.["."];
-        const entry = (typeof exp === "string" ? exp : exp?.import ?? exp?.default) ?? meta.main;
-        return import(pathToFileURL(path.join(pkg, entry)).href);
-    }
-    return import("node-llama-cpp");
-}
 
 function readSafetensors(file) {
     const buf = fs.readFileSync(file);
