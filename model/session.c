@@ -694,6 +694,9 @@ void session_stats(const qvl_session *s, qvl_session_stats *st) {
     st->last_decode_tok_s = s->last_decode_tok_s;
     snprintf(st->model_name, sizeof st->model_name, "%s", s->model_name);
     st->thinking = s->fmt.thinking;
+    snprintf(st->precision, sizeof st->precision, "weights %s, KV cache %s, matmul %s",
+             s->opts.quant != QVL_QUANT_NONE ? quant_name(s->opts.quant) : "as stored",
+             s->opts.kv_dtype == QVL_F16 ? "f16" : "f32", s->opts.bf16_matmul ? "bf16" : "f32");
 }
 
 /* ---- /save and /load ---- */

@@ -98,6 +98,7 @@ typedef struct {
     double last_decode_tok_s;
     char model_name[128];
     int thinking;                   /* the checkpoint is a Thinking variant */
+    char precision[96];             /* e.g. "weights q4, KV cache f16, matmul bf16" */
 } qvl_session_stats;
 
 typedef struct qvl_session qvl_session;

@@ -160,8 +160,8 @@ static int queue_image(batch *b, const char *path, char *err) {
 static void print_stats(qvl_session *s) {
     qvl_session_stats st;
     session_stats(s, &st);
-    fprintf(stderr, "model: %s%s\ncontext: %d / %d tokens, %d turns\nlast reply: %.1f tok/s\n",
-            st.model_name, st.thinking ? " (thinking)" : "", st.ctx_used, st.ctx_total,
+    fprintf(stderr, "model: %s%s\nprecision: %s\ncontext: %d / %d tokens, %d turns\nlast reply: %.1f tok/s\n",
+            st.model_name, st.thinking ? " (thinking)" : "", st.precision, st.ctx_used, st.ctx_total,
             st.turns, st.last_decode_tok_s);
 }
 

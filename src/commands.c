@@ -50,7 +50,7 @@ const char *command_help(void) {
         "                     greedy (0/1), ignore_eos (0/1)\n"
         "  /save FILE         save the conversation as JSONL\n"
         "  /load FILE         load a conversation saved with /save\n"
-        "  /stats             context use, turns and speed\n"
+        "  /stats             context use, turns, speed and precision\n"
         "  /help              this help\n"
         "  /quit              leave (also /exit)\n"
         "A message that starts with '/' is written with two: //like this.\n";

@@ -261,8 +261,19 @@ START_TEST(demo_batch_conversation_continues) {
     ck_assert(strlen(out + n + 2) > 1 && out[strlen(out) - 1] == '\n');
     ck_assert_int_eq(line_count(out + n + 2), 1);
     ck_assert_msg(strstr(err, "2 turns") != NULL, "/stats: %s", err);   /* /stats goes to stderr */
+    ck_assert_msg(strstr(err, "precision: weights as stored, KV cache f32, matmul f32\n") != NULL, "/stats: %s", err);
     free(out); free(err); free(path);
     cJSON_Delete(j);
+}
+END_TEST
+
+/* /stats names the precision options the session runs with. */
+START_TEST(stats_name_the_precision) {
+    char *path = write_tmp("stats", "script.txt", "/stats\n"), *out, *err;
+    int st = qvl("--quant q8 --kv-cache f16", path, &out, &err);
+    ck_assert_msg(st == 0, "status %d: %s", st, err);
+    ck_assert_msg(strstr(err, "precision: weights q8, KV cache f16, matmul f32\n") != NULL, "/stats: %s", err);
+    free(out); free(err); free(path);
 }
 END_TEST
 
@@ -679,6 +690,7 @@ int main(void) {
     tcase_add_test(t, tiny_goldens_jsonl);
     tcase_add_test(t, tiny_moe_goldens_jsonl);
     tcase_add_test(t, tiny_goldens_bf16_matmul);
+    tcase_add_test(t, stats_name_the_precision);
     suite_add_tcase(s, t);
     return run_suite(s);
 }

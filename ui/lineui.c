@@ -288,8 +288,9 @@ static void on_event(lineui *L, worker_event *ev) {
         break;
     case WEV_STATS:
         if (L->busy) { L->busy = 0; break; }         /* the end of /load */
-        say(L, "\033[2m", "%s: context %d/%d tokens, %d turns, last reply %.1f tok/s", ev->stats.model_name,
-            ev->stats.ctx_used, ev->stats.ctx_total, ev->stats.turns, ev->stats.last_decode_tok_s);
+        say(L, "\033[2m", "%s (%s): context %d/%d tokens, %d turns, last reply %.1f tok/s", ev->stats.model_name,
+            ev->stats.precision, ev->stats.ctx_used, ev->stats.ctx_total, ev->stats.turns,
+            ev->stats.last_decode_tok_s);
         break;
     }
 }

@@ -987,8 +987,8 @@ static void read_keys(tui *T) {
 
 static void stats_notice(tui *T) {
     const qvl_session_stats *s = &T->stats;
-    notice(T, E_NOTICE, "%s: context %d/%d tokens, %d turn%s, last reply %.1f tok/s",
-           s->model_name, s->ctx_used, s->ctx_total, s->turns, s->turns == 1 ? "" : "s", s->last_decode_tok_s);
+    notice(T, E_NOTICE, "%s (%s): context %d/%d tokens, %d turn%s, last reply %.1f tok/s", s->model_name,
+           s->precision, s->ctx_used, s->ctx_total, s->turns, s->turns == 1 ? "" : "s", s->last_decode_tok_s);
 }
 
 static void on_done(tui *T, const worker_event *ev) {
