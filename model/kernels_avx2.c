@@ -2,9 +2,9 @@
  *
  * The same loops as the AVX-512 table at half the width, for the many CPUs
  * without AVX-512: weights widened in registers (bf16 by a shift, f16 by
- * vcvtph2ps), four rows per pass over x, and a Cephes exp whose exponent is
- * added to the float's bits (inputs clamped to the normal range; the ends
- * give 0 and inf as expf does). */
+ * vcvtph2ps), one row at a time with a prefetch ahead, and a Cephes exp
+ * whose exponent is added to the float's bits (inputs clamped to the normal
+ * range; the ends give 0 and inf as expf does). */
 #include "kernels.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -44,37 +44,29 @@ AVX2 INLINE float hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* R rows (1..4) at once, two accumulators each: a row's sum is the same
- * whatever R is. */
-AVX2 INLINE void dot_group(float *y, const char *w, size_t row_bytes, qvl_dtype t, int R, const float *x, int n) {
-    __m256 acc_a[4], acc_b[4];
-#pragma GCC unroll 4
-    for (int r = 0; r < 4; r++) acc_a[r] = acc_b[r] = _mm256_setzero_ps();
+/* One row's dot product, a single stream through memory with a software
+ * prefetch 2 KiB ahead; two accumulators.  On the 2B shape (2 threads, this
+ * table forced on a Zen 4) 8.5-9.0 tokens/s against 6.7-7.2 for four rows
+ * interleaved without a prefetch. */
+#define PREFETCH_BYTES 2048
+
+AVX2 INLINE float dot_row(const char *row, qvl_dtype t, const float *x, int n) {
+    size_t es = qvl_dtype_size(t);
+    __m256 acc_a = _mm256_setzero_ps(), acc_b = _mm256_setzero_ps();
     int i = 0;
     for (; i + 16 <= n; i += 16) {
-        __m256 xa = _mm256_loadu_ps(x + i), xb = _mm256_loadu_ps(x + i + 8);
-#pragma GCC unroll 4
-        for (int r = 0; r < R; r++) {
-            const char *row = w + (size_t)r * row_bytes;
-            acc_a[r] = _mm256_fmadd_ps(load8(row, t, i), xa, acc_a[r]);
-            acc_b[r] = _mm256_fmadd_ps(load8(row, t, i + 8), xb, acc_b[r]);
-        }
+        if ((i * es) % 64 == 0) _mm_prefetch(row + (size_t)i * es + PREFETCH_BYTES, _MM_HINT_T0);
+        acc_a = _mm256_fmadd_ps(load8(row, t, i), _mm256_loadu_ps(x + i), acc_a);
+        acc_b = _mm256_fmadd_ps(load8(row, t, i + 8), _mm256_loadu_ps(x + i + 8), acc_b);
     }
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++) {
-        const char *row = w + (size_t)r * row_bytes;
-        float s = hsum(_mm256_add_ps(acc_a[r], acc_b[r]));
-        for (int k = i; k < n; k++) s += stored(row, t, k) * x[k];
-        y[r] = s;
-    }
+    float s = hsum(_mm256_add_ps(acc_a, acc_b));
+    for (int k = i; k < n; k++) s += stored(row, t, k) * x[k];
+    return s;
 }
 
 AVX2 static void dot_rows(float *y, const void *w, qvl_dtype t, int64_t ld, int rows, const float *xp, int n) {
     size_t row_bytes = (size_t)ld * qvl_dtype_size(t);
-    const char *base = w;
-    int r = 0;
-    for (; r + 4 <= rows; r += 4) dot_group(y + r, base + (size_t)r * row_bytes, row_bytes, t, 4, xp, n);
-    for (; r < rows; r++) dot_group(y + r, base + (size_t)r * row_bytes, row_bytes, t, 1, xp, n);
+    for (int r = 0; r < rows; r++) y[r] = dot_row((const char *)w + (size_t)r * row_bytes, t, xp, n);
 }
 
 #define AXPY_VECS 8    /* outputs held in registers: 8 vectors of 8 */
