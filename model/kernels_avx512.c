@@ -559,9 +559,9 @@ AVX512BF16 static void gemm_bf16_kernel(int kc, const uint32_t *a, const uint32_
         __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 16);
 #pragma GCC unroll 12
         for (int m = 0; m < GEMM_MR; m++) {
-            __m512bh hi = (__m512bh)_mm512_set1_epi32((int)a[m]);
-            c0[m] = _mm512_dpbf16_ps(c0[m], hi, b0);
-            c1[m] = _mm512_dpbf16_ps(c1[m], hi, b1);
+            __m512bh pair = (__m512bh)_mm512_set1_epi32((int)a[m]);   /* row m's x[k], x[k+1] */
+            c0[m] = _mm512_dpbf16_ps(c0[m], pair, b0);
+            c1[m] = _mm512_dpbf16_ps(c1[m], pair, b1);
         }
         a += GEMM_MR;
         b += GEMM_NR;
@@ -612,7 +612,7 @@ AVX512BF16 static void gemm_bf16_pack_b(uint32_t *panel, const uint16_t *w, int6
 /* Each row's inputs rounded to bf16 (to nearest even, vcvtneps2bf16), then
  * scattered into the pair layout. */
 AVX512BF16 static void gemm_bf16_pack_a(uint32_t *a, const float *x, int64_t lda, int rows, int kc) {
-    uint16_t hi[32];
+    uint16_t xb[32];
     for (int m = 0; m < GEMM_MR; m++)
         for (int k = 0; k < kc; k += 32) {
             int valid = kc - k < 32 ? kc - k : 32;
@@ -620,14 +620,14 @@ AVX512BF16 static void gemm_bf16_pack_a(uint32_t *a, const float *x, int64_t lda
                 for (int h = 0; h < 32; h += 16) {
                     int v = valid - h <= 0 ? 0 : valid - h > 16 ? 16 : valid - h;
                     __m512 xv = _mm512_maskz_loadu_ps((__mmask16)((1u << v) - 1), x + (size_t)m * (size_t)lda + k + h);
-                    _mm256_storeu_si256((__m256i *)(hi + h), (__m256i)_mm512_cvtneps_pbh(xv));
+                    _mm256_storeu_si256((__m256i *)(xb + h), (__m256i)_mm512_cvtneps_pbh(xv));
                 }
             } else {
-                memset(hi, 0, sizeof hi);
+                memset(xb, 0, sizeof xb);
             }
             for (int i = 0; i < valid; i += 2) {
                 size_t at = (size_t)(k + i) / 2 * GEMM_MR + (size_t)m;
-                a[at] = (uint32_t)hi[i] | (uint32_t)hi[i + 1] << 16;
+                a[at] = (uint32_t)xb[i] | (uint32_t)xb[i + 1] << 16;
             }
         }
 }

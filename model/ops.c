@@ -115,7 +115,7 @@ typedef struct {
     float *ap;               /* n > 1 with the kernels' gemm: x packed (pack_a) */
     const qvl_weight *w;
     int n, us, units, first;
-    int bf16;                /* n > 1: the kernels' bf16 product (x packed as hi/lo pairs) */
+    int bf16;                /* n > 1: the kernels' bf16 product (x packed as bf16 pairs) */
 } part;
 
 typedef struct {
@@ -190,7 +190,7 @@ static void pack_a(const ops_kernels *k, int bf16, float *ap, const float *x, in
         int kcb = in - pc < GEMM_KC ? in - pc : GEMM_KC;
         for (int g = g0; g < g1; g++) {
             float *dst = ap + (size_t)pc * mpad + (size_t)g * mr * kcb;
-            if (bf16) {      /* the same size: kcb/2 pairs of 2*mr words */
+            if (bf16) {      /* kcb/2 pairs of mr words: the first half of the float group's room */
                 k->gemm_bf16_pack_a((uint32_t *)(void *)dst, x + (size_t)g * mr * lda + pc, lda,
                                     n - g * mr < mr ? n - g * mr : mr, kcb);
                 continue;
@@ -229,7 +229,7 @@ static void pack_units(void *arg, int begin, int end) {
 
 /* The bf16 form of own_gemm_tile: panels of weight pairs as stored (no
  * widening; panel q at q*nr*in/2 words, input block pc at pc/2*nr), x packed
- * as hi/lo pairs. */
+ * as bf16 pairs. */
 static void own_gemm_tile_bf16(const ops_kernels *k, const part *p, int o0, int cnt, uint32_t *bt) {
     const qvl_weight *w = p->w;
     int in = w->in, out = w->out, n = p->n, mr = k->gemm_mr, nr = k->gemm_nr;

@@ -263,11 +263,10 @@ static int apply_option(qvl_options *o, int c, const char *arg, char *err) {
         }
         return 0;
     case OPT_MATMUL:
-        if (strcmp(arg, "f32") && strcmp(arg, "bf16")) {
+        if (matmul_parse(arg, &o->bf16_matmul)) {
             qvl_seterr(err, "--matmul: expected f32 or bf16, got '%s'", arg);
             return -1;
         }
-        o->bf16_matmul = !strcmp(arg, "bf16");
         return 0;
     case OPT_KV_CACHE:
         if (kv_cache_parse(arg, &o->kv_dtype)) {
@@ -393,3 +392,12 @@ int kv_cache_parse(const char *s, qvl_dtype *out) {
 }
 
 const char *kv_cache_name(qvl_dtype t) { return t == QVL_F16 ? "f16" : "f32"; }
+
+int matmul_parse(const char *s, int *bf16) {
+    if (!strcmp(s, "f32")) *bf16 = 0;
+    else if (!strcmp(s, "bf16")) *bf16 = 1;
+    else return -1;
+    return 0;
+}
+
+const char *matmul_name(int bf16) { return bf16 ? "bf16" : "f32"; }

@@ -64,6 +64,10 @@ void options_session(const qvl_options *o, const qvl_source *model, qvl_session_
  * else; and back. */
 int kv_cache_parse(const char *s, qvl_dtype *out);
 const char *kv_cache_name(qvl_dtype t);
+/* A --matmul value, "f32" or "bf16" (qvl and qvl bench), as *bf16 = 0 or 1:
+ * -1 for anything else; and back. */
+int matmul_parse(const char *s, int *bf16);
+const char *matmul_name(int bf16);
 
 
 #endif

@@ -513,7 +513,7 @@ static int bench_run(const bench_opts *o, bench_result *r, char *err) {
         qvl_seterr(err, "--matmul bf16: this CPU lacks AVX512_BF16");
         return -1;
     }
-    r->matmul = o->bf16_matmul ? "bf16" : "f32";
+    r->matmul = matmul_name(o->bf16_matmul);
     openblas_facts(r);
     r->pp = o->pp;
     r->tg = o->tg;
@@ -832,11 +832,10 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
             }
             break;
         case OPT_MATMUL:
-            if (strcmp(optarg, "f32") && strcmp(optarg, "bf16")) {
+            if (matmul_parse(optarg, &o->bf16_matmul)) {
                 fprintf(stderr, "qvl bench: --matmul '%s': expected f32 or bf16\n", optarg);
                 return -1;
             }
-            o->bf16_matmul = !strcmp(optarg, "bf16");
             break;
         case OPT_KV:
             if (kv_cache_parse(optarg, &o->kv)) {

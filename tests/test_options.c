@@ -202,7 +202,8 @@ START_TEST(quant_option) {
 }
 END_TEST
 
-/* --matmul: f32 by default, bf16 on request, passed on to the session. */
+/* --matmul: f32 by default, bf16 on request, passed on to the session;
+ * matmul_name gives the option's spelling back (qvl bench reports it). */
 START_TEST(matmul_option) {
     qvl_options o;
     qvl_session_opts so;
@@ -216,6 +217,7 @@ START_TEST(matmul_option) {
         ck_assert_int_eq(o.bf16_matmul, bf16);
         options_session(&o, &src, &so);
         ck_assert_int_eq(so.bf16_matmul, bf16);
+        ck_assert_str_eq(matmul_name(so.bf16_matmul), bf16 ? "bf16" : "f32");
         options_free(&o);
     }
     expect_error("--matmul: expected f32 or bf16, got 'f16'", "--matmul", "f16", NULL);
