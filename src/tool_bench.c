@@ -1,14 +1,15 @@
 /* tool_bench.c - `qvl bench`: how fast a model runs on this machine.
  *
- *   qvl bench [-m DIR] [-t N] [--quant q8|q4] [--kv-cache f32|f16] [--pp N] [--tg N]
- *             [--reps N] [--no-images] [--json-only]
+ *   qvl bench [-m DIR] [-t N] [--quant q8|q4] [--matmul f32|bf16] [--kv-cache f32|f16]
+ *             [--pp N] [--tg N] [--reps N] [--no-images] [--json-only]
  *
  * A CPU user's experience comes down to a few numbers, and this measures them
  * the way llama.cpp's llama-bench does, so that the two can be put side by side:
  *   - load time (mapping and binding the checkpoint), and with --quant the
  *     time model_quantize takes to convert the text matrices;
  *   - prompt processing: --pp text tokens (512) prefilled into an empty cache;
- *   - generation: --tg tokens (128) decoded greedily after that prompt;
+ *   - generation: --tg tokens (128) decoded greedily after that prompt, and
+ *     the limit memory bandwidth sets on it (the bytes a token reads);
  *   - image encoding of a 448x448 and a 1024x768 synthetic picture with the
  *     model's preprocessing under the default 1 MP budget (as the chat uses);
  *   - time to first token of a question about the 1024x768 picture:
@@ -268,7 +269,6 @@ static long long quantizable_bytes(qvl_model *m) {
  * lm_head included: it is the embedding, read whole), of a MoE layer's
  * experts only the routed share; plus one embedding row. */
 typedef struct {
-    const qvl_model *m;
     long long dense, experts;
 } decode_sum;
 
@@ -280,7 +280,7 @@ static int add_decoded(void *ctx, const char *name, qvl_weight *w) {
 }
 
 static long long decode_bytes(qvl_model *m) {
-    decode_sum s = { m, 0, 0 };
+    decode_sum s = { 0, 0 };
     quant_for_each_matrix(m, add_decoded, &s);
     const qvl_text_config *tc = &m->cfg.text;
     long long routed = tc->num_experts ? s.experts * tc->experts_per_tok / tc->num_experts : 0;
