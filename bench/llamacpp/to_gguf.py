@@ -29,7 +29,13 @@ of 32, an fp16 scale d = amax/127, then roundf(x/d) as int8).  1-D norm
 weights are always F32, as llama.cpp's own converter writes them.
 Other quantizations (Q4_K_M) come from llama.cpp itself: see quantize.py.
 
+With --arch qwen3vl the file is the text half of a Qwen3-VL pair for
+llama-mtmd-cli (its vision half comes from to_mmproj.py): the same tensors,
+plus the mRoPE sections and the DeepStack count that llama.cpp's qwen3vl
+loader reads, so image embeddings of 4 x hidden_size fit its input.
+
 Usage: python3 to_gguf.py MODEL_DIR OUT.gguf [--type bf16|q8_0] [--workers N]
+                          [--arch qwen3|qwen3vl]
 """
 
 import argparse
@@ -176,11 +182,19 @@ def tokenizer_metadata(model_dir, n_vocab, cfg):
     ]
 
 
-def model_metadata(cfg, qtype, name):
-    a = "qwen3"
+def model_metadata(cfg, qtype, name, arch="qwen3", n_deepstack=0):
+    a = arch
     heads = cfg["num_attention_heads"]
     head_dim = cfg.get("head_dim", cfg["hidden_size"] // heads)
-    return [
+    extra = []
+    if arch == "qwen3vl":
+        # What llama.cpp's qwen3vl loader reads beyond qwen3's keys: the
+        # interleaved mRoPE sections (t, h, w, padded to 4) and how many
+        # DeepStack feature sets ride along with each image embedding.
+        sections = list(cfg["rope_scaling"]["mrope_section"]) + [0]
+        extra = [(f"{a}.rope.dimension_sections", (T_ARRAY, T_I32), sections[:4]),
+                 (f"{a}.n_deepstack_layers", T_U32, n_deepstack)]
+    return extra + [
         ("general.architecture", T_STRING, a),
         ("general.name", T_STRING, name),
         ("general.file_type", T_U32, FTYPE[qtype]),
@@ -303,15 +317,16 @@ def _q8_0_job(job):
     return quantize_q8_0(_src[off:off + nbytes])
 
 
-def convert(model_dir, out_path, qtype, workers, name):
-    cfg = json.load(open(os.path.join(model_dir, "config.json")))
-    cfg = cfg.get("text_config", cfg)
+def convert(model_dir, out_path, qtype, workers, name, arch):
+    full = json.load(open(os.path.join(model_dir, "config.json")))
+    cfg = full.get("text_config", full)
+    n_deepstack = len(full.get("vision_config", {}).get("deepstack_visual_indexes", []))
     st_path = os.path.join(model_dir, "model.safetensors")
     st = read_safetensors_header(st_path)
     plan = tensor_plan(st, cfg, qtype)
     n_vocab = st[[p for p in plan if p[0] == "token_embd.weight"][0][1]][1][0]
 
-    kvs = model_metadata(cfg, qtype, name) + tokenizer_metadata(model_dir, n_vocab, cfg)
+    kvs = model_metadata(cfg, qtype, name, arch, n_deepstack) + tokenizer_metadata(model_dir, n_vocab, cfg)
 
     infos, offset = [], 0
     for gname, src, ne, gtype in plan:
@@ -369,9 +384,11 @@ def main():
     ap.add_argument("--type", choices=sorted(FTYPE), default="bf16")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                     help="processes quantizing in parallel (q8_0)")
+    ap.add_argument("--arch", choices=["qwen3", "qwen3vl"], default="qwen3",
+                    help="qwen3vl: the text model llama-mtmd-cli pairs with to_mmproj.py's vision file")
     ap.add_argument("--name", default="qvl synthetic Qwen3-VL-2B shape (text decoder)")
     a = ap.parse_args()
-    convert(a.model_dir, a.out, a.type, max(1, a.workers), a.name)
+    convert(a.model_dir, a.out, a.type, max(1, a.workers), a.name, a.arch)
 
 
 if __name__ == "__main__":
