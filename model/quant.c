@@ -921,6 +921,34 @@ void quant_matmul(float *y, const float *x, const qvl_weight *w, int n) {
 
 /* ---------------------------------------------------------------- the model */
 
+/* The vision encoder's matrices: its prompt-sized products (every patch
+ * through every block) are where pictures spend their time, and at q8 they
+ * run on the integer kernels.  Measured on the 2B shape (2 threads): a
+ * 448x448 picture 3.2 s -> 1.8 s, 1024x768 18.0 s -> 12.3 s; the image
+ * golden's logit cosine q8 0.99973 -> 0.99947, q4 mix 0.99341 -> 0.99302. */
+static int visit_vision(qvl_model *m, quant_visit fn, void *ctx) {
+    if (!m->vision.blocks) return 0;
+    qvl_vision_weights *v = &m->vision;
+    char name[256];
+    static const char *const blk[] = { "attn.qkv", "attn.proj", "mlp.linear_fc1", "mlp.linear_fc2" };
+    for (int l = 0; l < m->cfg.vision.depth; l++) {
+        qvl_weight *bw[] = { &v->blocks[l].qkv, &v->blocks[l].proj, &v->blocks[l].fc1, &v->blocks[l].fc2 };
+        for (int k = 0; k < 4; k++) {
+            snprintf(name, sizeof name, "model.visual.blocks.%d.%s.weight", l, blk[k]);
+            if (fn(ctx, name, bw[k])) return 1;
+        }
+    }
+    if (fn(ctx, "model.visual.merger.linear_fc1.weight", &v->merger.fc1)) return 1;
+    if (fn(ctx, "model.visual.merger.linear_fc2.weight", &v->merger.fc2)) return 1;
+    for (int d = 0; d < m->cfg.vision.n_deepstack; d++) {
+        snprintf(name, sizeof name, "model.visual.deepstack_merger_list.%d.linear_fc1.weight", d);
+        if (fn(ctx, name, &v->deepstack[d].fc1)) return 1;
+        snprintf(name, sizeof name, "model.visual.deepstack_merger_list.%d.linear_fc2.weight", d);
+        if (fn(ctx, name, &v->deepstack[d].fc2)) return 1;
+    }
+    return 0;
+}
+
 int quant_for_each_matrix(qvl_model *m, quant_visit fn, void *ctx) {
     const qvl_text_config *tc = &m->cfg.text;
     static const char *const mlp[] = { "gate", "up", "down" };
@@ -948,7 +976,8 @@ int quant_for_each_matrix(qvl_model *m, quant_visit fn, void *ctx) {
             }
         }
     }
-    return fn(ctx, "lm_head.weight", &m->text.lm_head);
+    if (fn(ctx, "lm_head.weight", &m->text.lm_head)) return 1;
+    return visit_vision(m, fn, ctx);
 }
 
 /* The q4 mix.  Measured on the 2B shape (28 layers; cosine of the image
@@ -967,6 +996,7 @@ int quant_for_each_matrix(qvl_model *m, quant_visit fn, void *ctx) {
  * The names are quant_for_each_matrix's. */
 qvl_dtype quant_type_for(const qvl_model *m, qvl_quant q, const char *name) {
     if (q != QVL_QUANT_Q4) return quant_dtype(q);
+    if (!strncmp(name, "model.visual.", 13)) return QVL_Q8;     /* pictures keep 8 bits */
     const char *l = strstr(name, ".layers.");
     if (!l) return QVL_Q4;                              /* lm_head */
     if (strstr(name, ".self_attn.v_proj.") || strstr(name, ".self_attn.o_proj.")) return QVL_Q8;

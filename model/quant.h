@@ -51,15 +51,19 @@ void quant_matmul(float *y, const float *x, const qvl_weight *w, int n);
 
 /* Every matrix model_quantize converts, with its checkpoint name: the text
  * decoder's attention and MLP projections, the MoE experts (named per expert:
- * mlp.experts.<e>.{gate,up,down}_proj.weight) and lm_head.weight (a separate
- * copy when the embedding is tied).  fn returns nonzero to stop. */
+ * mlp.experts.<e>.{gate,up,down}_proj.weight), lm_head.weight (a separate
+ * copy when the embedding is tied), then the vision encoder's block
+ * projections (attn.qkv, attn.proj, mlp.linear_fc1/2) and its mergers'
+ * linear_fc1/2 (model.visual.*; the small patch embedding stays as stored).
+ * fn returns nonzero to stop. */
 typedef int (*quant_visit)(void *ctx, const char *name, qvl_weight *w);
 int quant_for_each_matrix(qvl_model *m, quant_visit fn, void *ctx);
 
 /* The type model_quantize gives the matrix `name` (as quant_for_each_matrix
  * names it) under q: QVL_Q8 for every matrix under q8; under q4 a mix, most
- * matrices QVL_Q4 but attention's v and o projections and the MLP (or
- * experts) of the first eighth of the layers QVL_Q8 (why: atop quant.c). */
+ * text matrices QVL_Q4 but attention's v and o projections and the MLP (or
+ * experts) of the first eighth of the layers QVL_Q8, and the vision encoder's
+ * all QVL_Q8 (why: atop quant.c). */
 qvl_dtype quant_type_for(const qvl_model *m, qvl_quant q, const char *name);
 
 /* Replaces every matrix above by a quantized copy held by the model, of the

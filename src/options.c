@@ -76,7 +76,7 @@ void options_usage(FILE *f) {
 "  -n, --max-tokens N        reply length limit (default: 0 = until end of turn)\n"
 "  -c, --ctx N               context size in tokens (default: %d)\n"
 "  -t, --threads N           worker threads (default: 0 = all cores)\n"
-"      --quant q8|q4|none    quantize the text weights at load to 8 or 4 bits: faster\n"
+"      --quant q8|q4|none    quantize the weights at load to 8 or 4 bits: faster\n"
 "                            and smaller, slightly less exact (default: none)\n"
 "      --matmul f32|bf16     prompt and image arithmetic: f32 (exact, default) or bf16\n"
 "                            activations (AVX512_BF16 CPUs: ~1.7x faster, ~1e-3 error)\n"

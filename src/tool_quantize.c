@@ -28,7 +28,8 @@
 static void quantize_usage(FILE *f) {
     fprintf(f, "usage: qvl quantize -m DIR -o OUT --quant q8|q4 [-t THREADS] [-q]\n"
                "Writes OUT as a model directory whose model.safetensors holds the text decoder's\n"
-               "matrices in 8-bit (q8) or mostly 4-bit (q4) blocks; `qvl -m OUT` then loads at once.\n");
+               "matrices in 8-bit (q8) or mostly 4-bit (q4) blocks and the vision encoder's in\n"
+               "8-bit ones; `qvl -m OUT` then loads at once.\n");
 }
 
 /* ---------------------------------------------------------------- the tensor list */

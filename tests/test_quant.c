@@ -328,26 +328,35 @@ static const char *model_dir(const char *name) {
     return dir;
 }
 
-/* Every matrix model_quantize converts has the type quant_type_for gives it. */
+/* Every matrix model_quantize converts has the type quant_type_for gives it;
+ * the vision encoder's are all there, at q8 under either mode. */
 typedef struct {
     const qvl_model *m;
     qvl_quant quant;
-    int n[2];            /* q8, q4 matrices seen */
+    int n[2];            /* text matrices seen at q8, q4 */
+    int vision;          /* vision matrices seen (each q8) */
 } type_check;
 
 static int check_type(void *ctx, const char *name, qvl_weight *w) {
     type_check *c = ctx;
     qvl_dtype t = quant_type_for(c->m, c->quant, name);
     ck_assert_msg(w->dtype == t, "%s: dtype %d, the %s rule says %d", name, w->dtype, quant_name(c->quant), t);
+    if (!strncmp(name, "model.visual.", 13)) {
+        ck_assert_msg(t == QVL_Q8, "%s: vision matrices stay 8-bit", name);
+        c->vision++;
+        return 0;
+    }
     c->n[t == QVL_Q4]++;
     return 0;
 }
 
 static void check_types(qvl_model *m, qvl_quant q) {
-    type_check c = { m, q, { 0, 0 } };
+    type_check c = { m, q, { 0, 0 }, 0 };
     quant_for_each_matrix(m, check_type, &c);
+    const qvl_vision_config *vc = &m->cfg.vision;
+    ck_assert_int_eq(c.vision, 4 * vc->depth + 2 + 2 * vc->n_deepstack);
     if (q == QVL_QUANT_Q8) ck_assert_int_eq(c.n[1], 0);
-    else ck_assert_msg(c.n[0] > 0 && c.n[1] > c.n[0], "q4: %d matrices at q8, %d at q4", c.n[0], c.n[1]);
+    else ck_assert_msg(c.n[0] > 0 && c.n[1] > c.n[0], "q4: %d text matrices at q8, %d at q4", c.n[0], c.n[1]);
 }
 
 /* Greedy choice with the vision ids masked, as the goldens do. */
