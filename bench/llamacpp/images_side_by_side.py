@@ -11,8 +11,9 @@ qvl reads the safetensors, llama.cpp the GGUF pair that to_gguf.py
 
 What is compared (milliseconds, the mean of --reps runs, as qvl bench reports):
   encode   the vision encoder alone, pixels in, image embeddings out:
-           qvl bench's encode_ms, mtmd's "image slice encoded in N ms"
-           (clip_image_batch_encode; preprocessing happens before both).
+           qvl bench's encode_ms, mtmd's "mtmd batch encoding done in N ms"
+           (mtmd_batch_encode of the one picture; preprocessing happens
+           before both).
   prefill  encode plus running the image tokens through the text decoder:
            qvl bench's time to first token (it also includes preprocessing
            and the 14 text tokens around the picture, so it favours
@@ -78,7 +79,9 @@ def qvl_images(a):
     return json.loads(lines[-1])
 
 
-ENCODED = re.compile(r"image slice encoded in (\d+) ms")
+# mtmd-cli's own line ("mtmd batch encoding done"); older builds log the
+# helper's "image slice encoded" instead.
+ENCODED = re.compile(r"(?:mtmd batch encoding done|image slice encoded) in (\d+) ms")
 DECODED = re.compile(r"image decoded \(batch \d+/\d+\) in (\d+) ms")
 N_TOKENS = re.compile(r"decoding image batch \d+/\d+, n_tokens_batch = (\d+)")
 
@@ -86,7 +89,7 @@ N_TOKENS = re.compile(r"decoding image batch \d+/\d+, n_tokens_batch = (\d+)")
 def mtmd_once(a, png):
     cmd = [a.mtmd_cli, "-m", a.text_gguf, "--mmproj", a.mmproj, "--image", png,
            "-p", "What is in the picture?", "-n", "1", "--temp", "0", "-t", str(a.threads),
-           "-c", "4096", "--no-warmup"]
+           "-c", "4096", "--no-warmup", "--chat-template", "chatml", "-v"]
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if p.returncode:
         sys.stderr.write(p.stderr[-3000:])
