@@ -127,7 +127,7 @@ def main():
         write_png(path, w, h, synthetic_picture(w, h))
         pngs.append(path)
 
-    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     q = qvl_images(a)
     rows = []
     for (w, h), png in zip(PICTURES, pngs):
