@@ -52,7 +52,7 @@ import time
 from array import array
 
 # ggml tensor types (ggml/include/ggml.h)
-GGML_F32, GGML_Q8_0, GGML_BF16 = 0, 8, 30
+GGML_F32, GGML_F16, GGML_Q8_0, GGML_BF16 = 0, 1, 8, 30
 # llama_ftype (include/llama.h): what general.file_type says the file mostly is
 FTYPE = {"bf16": 32, "q8_0": 7}
 MATRIX_TYPE = {"bf16": GGML_BF16, "q8_0": GGML_Q8_0}
@@ -137,7 +137,7 @@ def tensor_bytes(ne, gtype):
     n = math.prod(ne)
     if gtype == GGML_F32:
         return 4 * n
-    if gtype == GGML_BF16:
+    if gtype in (GGML_BF16, GGML_F16):
         return 2 * n
     return n // QK * Q8_0_BLOCK_BYTES
 
@@ -230,7 +230,7 @@ def pack_kv(key, vtype, value):
         if etype == T_STRING:
             out.extend(pack_string(v) for v in value)
         else:
-            out.append(array("i" if etype == T_I32 else "I", value).tobytes())
+            out.append(array({T_I32: "i", T_U32: "I", T_F32: "f"}[etype], value).tobytes())
     elif vtype == T_STRING:
         out.append(struct.pack("<I", T_STRING) + pack_string(value))
     else:
@@ -312,9 +312,70 @@ def _open_source(path):
     _src = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
-def _q8_0_job(job):
+def worker_source():
+    """The checkpoint as a pool worker mapped it."""
+    return _src
+
+
+def q8_0_job(job):
+    """A pool job: one chunk of the checkpoint as Q8_0 blocks."""
     off, nbytes = job
     return quantize_q8_0(_src[off:off + nbytes])
+
+
+def write_gguf(out_path, kvs, tensors, tool):
+    """The file: kvs as (key, type, value), tensors as (name, ne, ggml type,
+    blocks), blocks() yielding the tensor's bytes in order.  Written under a
+    temporary name, checked against the layout, then renamed."""
+    infos, offset = [], 0
+    for gname, ne, gtype, _ in tensors:
+        infos.append(pack_string(gname) + struct.pack("<I", len(ne))
+                     + struct.pack(f"<{len(ne)}Q", *ne) + struct.pack("<IQ", gtype, offset))
+        offset += tensor_bytes(ne, gtype)
+        offset += -offset % ALIGNMENT
+    head = b"".join([b"GGUF", struct.pack("<IQQ", 3, len(tensors), len(kvs))]
+                    + [pack_kv(*kv) for kv in kvs] + infos)
+    head += bytes(-len(head) % ALIGNMENT)
+    t0 = time.time()
+    with open(out_path + ".part", "wb") as out:
+        out.write(head)
+        for gname, _, _, blocks in tensors:
+            for block in blocks():
+                out.write(block)
+            out.write(bytes(-out.tell() % ALIGNMENT))
+            print(f"\r{gname:28s} {out.tell() / 2**30:6.2f} GiB written, {time.time() - t0:6.1f} s",
+                  end="", file=sys.stderr, flush=True)
+        total = out.tell()
+    print(file=sys.stderr)
+    if total != len(head) + offset:
+        sys.exit(f"{tool}: wrote {total} bytes, the layout says {len(head) + offset}")
+    os.replace(out_path + ".part", out_path)
+    print(f"{out_path}: {len(tensors)} tensors, {len(kvs)} keys, {total / 2**30:.2f} GiB, "
+          f"{time.time() - t0:.0f} s", file=sys.stderr)
+
+
+def stored_blocks(src, off, nbytes, gtype, pool, job):
+    """blocks() for a bf16 tensor stored at src[off:off + nbytes] written as
+    gtype: copied (BF16), widened (F32), or converted chunk by chunk by
+    job((offset, length)) in the pool (the other types)."""
+    if gtype == GGML_BF16:
+        return lambda: (src[off + p: off + min(nbytes, p + 2 * CHUNK)] for p in range(0, nbytes, 2 * CHUNK))
+    if gtype == GGML_F32:
+        return lambda: [bf16_to_f32(src[off:off + nbytes]).tobytes()]
+    return lambda: pool.imap(job, [(off + p, min(2 * CHUNK, nbytes - p)) for p in range(0, nbytes, 2 * CHUNK)])
+
+
+def convert_with(st_path, workers, convert_needed, build):
+    """Maps the checkpoint, starts the conversion pool when convert_needed,
+    and returns build(src, pool), closing both after."""
+    with open(st_path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as src:
+        pool = multiprocessing.Pool(workers, initializer=_open_source, initargs=(st_path,)) if convert_needed else None
+        try:
+            return build(src, pool)
+        finally:
+            if pool:
+                pool.close()
+                pool.join()
 
 
 def convert(model_dir, out_path, qtype, workers, name, arch):
@@ -325,56 +386,13 @@ def convert(model_dir, out_path, qtype, workers, name, arch):
     st = read_safetensors_header(st_path)
     plan = tensor_plan(st, cfg, qtype)
     n_vocab = st[[p for p in plan if p[0] == "token_embd.weight"][0][1]][1][0]
-
     kvs = model_metadata(cfg, qtype, name, arch, n_deepstack) + tokenizer_metadata(model_dir, n_vocab, cfg)
 
-    infos, offset = [], 0
-    for gname, src, ne, gtype in plan:
-        infos.append(pack_string(gname) + struct.pack("<I", len(ne))
-                     + struct.pack(f"<{len(ne)}Q", *ne) + struct.pack("<IQ", gtype, offset))
-        offset += tensor_bytes(ne, gtype)
-        offset += -offset % ALIGNMENT
-
-    head = [b"GGUF", struct.pack("<IQQ", 3, len(plan), len(kvs))]
-    head += [pack_kv(*kv) for kv in kvs]
-    head += infos
-    head = b"".join(head)
-    head += bytes(-len(head) % ALIGNMENT)
-
-    src_file = open(st_path, "rb")
-    src = mmap.mmap(src_file.fileno(), 0, access=mmap.ACCESS_READ)
-    pool = None
-    if qtype == "q8_0":
-        pool = multiprocessing.Pool(workers, initializer=_open_source, initargs=(st_path,))
-    t0 = time.time()
-    done = 0
-    with open(out_path + ".part", "wb") as out:
-        out.write(head)
-        for gname, sname, ne, gtype in plan:
-            _, _, off, nbytes = st[sname]
-            if gtype == GGML_BF16:
-                for p in range(0, nbytes, 2 * CHUNK):
-                    out.write(src[off + p: off + min(nbytes, p + 2 * CHUNK)])
-            elif gtype == GGML_F32:
-                out.write(bf16_to_f32(src[off:off + nbytes]).tobytes())
-            else:
-                jobs = [(off + p, min(2 * CHUNK, nbytes - p)) for p in range(0, nbytes, 2 * CHUNK)]
-                for block in pool.imap(_q8_0_job, jobs):
-                    out.write(block)
-            out.write(bytes(-out.tell() % ALIGNMENT))
-            done += nbytes
-            print(f"\r{gname:28s} {done / 2**30:6.2f} GiB read, {time.time() - t0:6.1f} s",
-                  end="", file=sys.stderr, flush=True)
-        total = out.tell()
-    print(file=sys.stderr)
-    if pool:
-        pool.close()
-        pool.join()
-    if total != len(head) + offset:
-        sys.exit(f"to_gguf: wrote {total} bytes, the layout says {len(head) + offset}")
-    os.replace(out_path + ".part", out_path)
-    print(f"{out_path}: {len(plan)} tensors, {len(kvs)} keys, {total / 2**30:.2f} GiB, "
-          f"{qtype}, {time.time() - t0:.0f} s", file=sys.stderr)
+    def build(src, pool):
+        tensors = [(gname, ne, gtype, stored_blocks(src, st[sname][2], st[sname][3], gtype, pool, q8_0_job))
+                   for gname, sname, ne, gtype in plan]
+        write_gguf(out_path, kvs, tensors, "to_gguf")
+    convert_with(st_path, workers, qtype == "q8_0", build)
 
 
 def main():

@@ -35,29 +35,17 @@ Usage: python3 to_mmproj.py MODEL_DIR OUT.gguf [--type bf16|f16|q8_0] [--workers
 import argparse
 import json
 import math
-import mmap
-import multiprocessing
 import os
 import struct
 import sys
-import time
-from array import array
 
-from to_gguf import (ALIGNMENT, GGML_BF16, GGML_F32, GGML_Q8_0, Q8_0_BLOCK_BYTES, QK, T_ARRAY,
-                     T_BOOL, T_F32, T_STRING, T_U32, bf16_to_f32, pack_kv, pack_string,
-                     quantize_q8_0, read_safetensors_header)
+import to_gguf
+from to_gguf import (ALIGNMENT, GGML_BF16, GGML_F16, GGML_F32, GGML_Q8_0, T_ARRAY, T_BOOL,
+                     T_F32, T_STRING, T_U32, bf16_to_f32, convert_with, q8_0_job,
+                     read_safetensors_header, stored_blocks, write_gguf)
 
-GGML_F16 = 1
 MATRIX_TYPE = {"bf16": GGML_BF16, "f16": GGML_F16, "q8_0": GGML_Q8_0}
 FTYPE = {"bf16": 32, "f16": 1, "q8_0": 7}   # llama_ftype: MOSTLY_BF16, MOSTLY_F16, MOSTLY_Q8_0
-CHUNK = 1 << 20                     # elements per conversion job (a multiple of QK)
-
-
-def tensor_bytes(ne, gtype):
-    n = math.prod(ne)
-    if gtype == GGML_Q8_0:
-        return n // QK * Q8_0_BLOCK_BYTES
-    return n * (4 if gtype == GGML_F32 else 2)
 
 
 def tensor_plan(st, vcfg):
@@ -133,34 +121,17 @@ def metadata(full, pre_cfg, qtype, name):
     ]
 
 
-def pack_kv_f32_array(key, values):
-    return (pack_string(key) + struct.pack("<IIQ", T_ARRAY, T_F32, len(values))
-            + array("f", values).tobytes())
-
-
 def bf16_to_f16(raw):
     """bf16 bytes -> IEEE half bytes, rounding to nearest even (struct's 'e')."""
     x = bf16_to_f32(raw)
     return struct.pack(f"<{len(x)}e", *x)
 
 
-_src = None
-
-
-def _open_source(path):
-    global _src
-    f = open(path, "rb")
-    _src = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-
-
 def _f16_job(job):
+    """A pool job: one chunk of the checkpoint (mapped by to_gguf's worker
+    initializer) as halves."""
     off, nbytes = job
-    return bf16_to_f16(_src[off:off + nbytes])
-
-
-def _q8_0_job(job):
-    off, nbytes = job
-    return quantize_q8_0(_src[off:off + nbytes])
+    return bf16_to_f16(to_gguf.worker_source()[off:off + nbytes])
 
 
 def temporal_slice(src, off, shape, t):
@@ -180,54 +151,21 @@ def convert(model_dir, out_path, qtype, workers, name):
     st = read_safetensors_header(st_path)
     plan = [(g, s, ne, MATRIX_TYPE[qtype] if ty == "matrix" else ty, part)
             for g, s, ne, ty, part in tensor_plan(st, full["vision_config"])]
-
     kvs = metadata(full, pre_cfg, qtype, name)
-    head = [b"GGUF", struct.pack("<IQQ", 3, len(plan), len(kvs))]
-    for key, vtype, value in kvs:
-        if vtype == (T_ARRAY, T_F32):
-            head.append(pack_kv_f32_array(key, value))
-        else:
-            head.append(pack_kv(key, vtype, value))
-    offset = 0
-    for gname, _, ne, gtype, _ in plan:
-        head.append(pack_string(gname) + struct.pack("<I", len(ne))
-                    + struct.pack(f"<{len(ne)}Q", *ne) + struct.pack("<IQ", gtype, offset))
-        offset += tensor_bytes(ne, gtype)
-        offset += -offset % ALIGNMENT
-    head = b"".join(head)
-    head += bytes(-len(head) % ALIGNMENT)
 
-    src_file = open(st_path, "rb")
-    src = mmap.mmap(src_file.fileno(), 0, access=mmap.ACCESS_READ)
-    pool = None
-    if qtype != "bf16":
-        pool = multiprocessing.Pool(workers, initializer=_open_source, initargs=(st_path,))
-    t0 = time.time()
-    with open(out_path + ".part", "wb") as out:
-        out.write(head)
+    def build(src, pool):
+        tensors = []
         for gname, sname, ne, gtype, part in plan:
             _, shape, off, nbytes = st[sname]
             if part is not None:
-                out.write(bf16_to_f32(temporal_slice(src, off, shape, part)).tobytes())
-            elif gtype == GGML_F32:
-                out.write(bf16_to_f32(src[off:off + nbytes]).tobytes())
-            elif gtype == GGML_BF16:
-                out.write(src[off:off + nbytes])
+                blocks = lambda shape=shape, off=off, part=part: [
+                    bf16_to_f32(temporal_slice(src, off, shape, part)).tobytes()]
             else:
-                jobs = [(off + p, min(2 * CHUNK, nbytes - p)) for p in range(0, nbytes, 2 * CHUNK)]
-                job = _f16_job if gtype == GGML_F16 else _q8_0_job
-                for block in pool.imap(job, jobs):
-                    out.write(block)
-            out.write(bytes(-out.tell() % ALIGNMENT))
-        total = out.tell()
-    if pool:
-        pool.close()
-        pool.join()
-    if total != len(head) + offset:
-        sys.exit(f"to_mmproj: wrote {total} bytes, the layout says {len(head) + offset}")
-    os.replace(out_path + ".part", out_path)
-    print(f"{out_path}: {len(plan)} tensors, {len(kvs)} keys, {total / 2**20:.0f} MiB, "
-          f"{qtype}, {time.time() - t0:.0f} s", file=sys.stderr)
+                blocks = stored_blocks(src, off, nbytes, gtype, pool,
+                                       _f16_job if gtype == GGML_F16 else q8_0_job)
+            tensors.append((gname, ne, gtype, blocks))
+        write_gguf(out_path, kvs, tensors, "to_mmproj")
+    convert_with(st_path, workers, qtype != "bf16", build)
 
 
 def main():
