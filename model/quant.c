@@ -563,8 +563,12 @@ static float dot_q4_avx2(const uint8_t *row, int nb, const int8_t *xq, const flo
 /* Bytes prefetched ahead in a weight row as decoding streams it.  Measured
  * on the 2B shape (2 threads, Zen 4, alternating runs): q8 15.3-18.0 tok/s
  * at 1 KiB against 13.5-15.1 at 4 KiB; q4 (the mix) 24.0-24.4 at 2 KiB
- * against 22.5-25.1 at 4 KiB and 23.0-23.9 at 1 KiB. */
-#define QUANT_PREFETCH_Q8 1024
+ * against 22.5-25.1 at 4 KiB and 23.0-23.9 at 1 KiB.  Since dot_vnni sums
+ * each chunk as it loads, q8 is best at 512 bytes (tokens alternating in one
+ * process: 46.5 ms at 512 against 52.5 at 1 KiB; 256 as 512, 768 1-2%
+ * slower); q4 stays best at 2 KiB (3 KiB the same, 1.5 KiB 1% slower, 1 KiB
+ * 3%). */
+#define QUANT_PREFETCH_Q8 512
 #define QUANT_PREFETCH_Q4 2048
 
 #define VNNI_TARGET "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
@@ -720,18 +724,25 @@ static inline void chunk_sums(const uint8_t *row, int nb, int b0, const int8_t *
 
 /* Decoding: one weight row as stored (one stream, as the DRAM likes it),
  * 16 blocks at a time: their exact sums S in lanes = blocks, then the float
- * step of each block in the lane of its index mod 16.  The next chunk's
- * loads are issued before this chunk's reduction (10% more bandwidth). */
+ * step of each block in the lane of its index mod 16.  Each chunk is summed
+ * as soon as it is loaded: issuing the next chunk's loads first (as this
+ * loop once did) kept 16 vectors live, which the compiler spilled to the
+ * stack, and that cost more than it hid now that the prefetch brings rows
+ * in ahead: one thread with the rows in L2 (1024 x 2048) went from 66 to 44
+ * ns a row, and decoding on the 2B shape (2 threads, tokens alternating
+ * between the loops in one process) from 56.9 to 47.6 ms a token in q8
+ * (another run 59.5 to 51.7) and 40.2 to 36.4 in q4.  In q8 that takes the
+ * shorter prefetch below too: at 1 KiB this loop was no faster than the old
+ * one, and the old one no faster at 512 bytes. */
 __attribute__((target(VNNI_TARGET), always_inline))
 static inline float dot_vnni(const uint8_t *row, int nb, const int8_t *xq, const float *xd, const int32_t *xs,
                              const qvl_dtype t) {
     int in_pad = nb * QUANT_BLOCK, shift = t == QVL_Q8 ? 7 : 3;
     const uint8_t *sc = row + (t == QVL_Q8 ? (size_t)in_pad : (size_t)in_pad / 2);
     __m512 acc = _mm512_setzero_ps();
-    __m512i p[8], q[8];
-    chunk_sums(row, nb, 0, xq, t, p);
     for (int b0 = 0; b0 < nb; b0 += 16) {
-        if (b0 + 16 < nb) chunk_sums(row, nb, b0 + 16, xq, t, q);     /* the next chunk's loads first */
+        __m512i p[8];
+        chunk_sums(row, nb, b0, xq, t, p);
         __m512i sum = block_sums16(p);
         if (nb - b0 >= 16) {
             sum = _mm512_sub_epi32(sum, _mm512_slli_epi32(_mm512_loadu_si512(xs + b0), shift));
@@ -743,7 +754,6 @@ static inline float dot_vnni(const uint8_t *row, int nb, const int8_t *xq, const
             __m512 d = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, sc + 2 * b0)), _mm512_maskz_loadu_ps(m, xd + b0));
             acc = _mm512_mask3_fmadd_ps(_mm512_cvtepi32_ps(sum), d, acc, m);
         }
-        if (b0 + 16 < nb) _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) p[i] = q[i];
     }
     return tree16(acc);
 }
