@@ -1112,6 +1112,22 @@ static int apply_matrix(void *p, const char *name, qvl_weight *w) {
     return 0;
 }
 
+/* Decoding streams every quantized weight once a token: in 4 KiB pages that
+ * is a TLB miss every 4 KiB, and the hardware prefetchers stop at each page
+ * end.  So the copies get 2 MiB pages where the kernel gives them on request
+ * (transparent huge pages in "madvise" mode, as on the project machine; a
+ * `qvl quantize` checkpoint's mapped file already came in large folios
+ * there).  The size is rounded up to whole huge pages; free() takes it back
+ * as any aligned_alloc block. */
+#define HUGE_PAGE ((size_t)2 << 20)
+
+static void *huge_alloc(size_t size) {
+    size_t whole = (size + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
+    void *p = aligned_alloc(HUGE_PAGE, whole);
+    if (p) madvise(p, whole, MADV_HUGEPAGE);   /* a hint: without it, 4 KiB pages */
+    return p;
+}
+
 int model_quantize(qvl_model *m, qvl_quant quant, char *err) {
     if (quant == QVL_QUANT_NONE) return 0;
     quantizer q = { .m = m, .quant = quant, .err = err, .page_out = m->file_mapped };
@@ -1121,7 +1137,7 @@ int model_quantize(qvl_model *m, qvl_quant quant, char *err) {
         qvl_seterr(err, "model is already partly quantized; quantize from the original checkpoint instead");
         return -1;
     }
-    q.buf = aligned_alloc(64, q.total);
+    q.buf = huge_alloc(q.total);
     if (!q.buf) {
         qvl_seterr(err, "out of memory for the %s weights (%.1f MB)", quant_name(quant), (double)q.total / 1e6);
         return -1;
