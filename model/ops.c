@@ -409,9 +409,9 @@ void matmul_batch(const qvl_product *ps, int count) {
     while (count > 0) {
         int take = 0;
         while (take < count && take < MAX_BATCH && is_float_dtype(ps[take].w->dtype)) take++;
-        if (!take) {              /* a quantized weight goes through matmul */
-            matmul(ps[0].y, ps[0].x, ps[0].w, ps[0].n);
-            take = 1;
+        if (!take) {              /* a run of quantized weights goes to quant.c */
+            for (take = 1; take < count && quant_is_quantized(ps[take].w->dtype);) take++;
+            quant_matmul_batch(ps, take);
         } else {
             run_batch(ps, take);
         }

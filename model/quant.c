@@ -55,6 +55,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "ops.h"
 #include "threadpool.h"
 
 /* ---------------------------------------------------------------- names and sizes */
@@ -562,8 +563,12 @@ static float dot_q4_avx2(const uint8_t *row, int nb, const int8_t *xq, const flo
 /* Bytes prefetched ahead in a weight row as decoding streams it.  Measured
  * on the 2B shape (2 threads, Zen 4, alternating runs): q8 15.3-18.0 tok/s
  * at 1 KiB against 13.5-15.1 at 4 KiB; q4 (the mix) 24.0-24.4 at 2 KiB
- * against 22.5-25.1 at 4 KiB and 23.0-23.9 at 1 KiB. */
-#define QUANT_PREFETCH_Q8 1024
+ * against 22.5-25.1 at 4 KiB and 23.0-23.9 at 1 KiB.  Since dot_vnni sums
+ * each chunk as it loads, q8 is best at 512 bytes (tokens alternating in one
+ * process: 46.5 ms at 512 against 52.5 at 1 KiB; 256 as 512, 768 1-2%
+ * slower); q4 stays best at 2 KiB (3 KiB the same, 1.5 KiB 1% slower, 1 KiB
+ * 3%). */
+#define QUANT_PREFETCH_Q8 512
 #define QUANT_PREFETCH_Q4 2048
 
 #define VNNI_TARGET "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
@@ -719,18 +724,25 @@ static inline void chunk_sums(const uint8_t *row, int nb, int b0, const int8_t *
 
 /* Decoding: one weight row as stored (one stream, as the DRAM likes it),
  * 16 blocks at a time: their exact sums S in lanes = blocks, then the float
- * step of each block in the lane of its index mod 16.  The next chunk's
- * loads are issued before this chunk's reduction (10% more bandwidth). */
+ * step of each block in the lane of its index mod 16.  Each chunk is summed
+ * as soon as it is loaded: issuing the next chunk's loads first (as this
+ * loop once did) kept 16 vectors live, which the compiler spilled to the
+ * stack, and that cost more than it hid now that the prefetch brings rows
+ * in ahead: one thread with the rows in L2 (1024 x 2048) went from 66 to 44
+ * ns a row, and decoding on the 2B shape (2 threads, tokens alternating
+ * between the loops in one process) from 56.9 to 47.6 ms a token in q8
+ * (another run 59.5 to 51.7) and 40.2 to 36.4 in q4.  In q8 that takes the
+ * shorter prefetch below too: at 1 KiB this loop was no faster than the old
+ * one, and the old one no faster at 512 bytes. */
 __attribute__((target(VNNI_TARGET), always_inline))
 static inline float dot_vnni(const uint8_t *row, int nb, const int8_t *xq, const float *xd, const int32_t *xs,
                              const qvl_dtype t) {
     int in_pad = nb * QUANT_BLOCK, shift = t == QVL_Q8 ? 7 : 3;
     const uint8_t *sc = row + (t == QVL_Q8 ? (size_t)in_pad : (size_t)in_pad / 2);
     __m512 acc = _mm512_setzero_ps();
-    __m512i p[8], q[8];
-    chunk_sums(row, nb, 0, xq, t, p);
     for (int b0 = 0; b0 < nb; b0 += 16) {
-        if (b0 + 16 < nb) chunk_sums(row, nb, b0 + 16, xq, t, q);     /* the next chunk's loads first */
+        __m512i p[8];
+        chunk_sums(row, nb, b0, xq, t, p);
         __m512i sum = block_sums16(p);
         if (nb - b0 >= 16) {
             sum = _mm512_sub_epi32(sum, _mm512_slli_epi32(_mm512_loadu_si512(xs + b0), shift));
@@ -742,7 +754,6 @@ static inline float dot_vnni(const uint8_t *row, int nb, const int8_t *xq, const
             __m512 d = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, sc + 2 * b0)), _mm512_maskz_loadu_ps(m, xd + b0));
             acc = _mm512_mask3_fmadd_ps(_mm512_cvtepi32_ps(sum), d, acc, m);
         }
-        if (b0 + 16 < nb) _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) p[i] = q[i];
     }
     return tree16(acc);
 }
@@ -892,8 +903,7 @@ static row_dot pick_dot(qvl_dtype t) {
 
 #define ROW_TILE 16     /* output rows whose weights stay in L1 while every token passes */
 
-static void qmm_rows(void *p, int begin, int end) {
-    qmm_job *j = p;
+static void qmm_rows(const qmm_job *j, int begin, int end) {
     const qvl_weight *w = j->w;
     const qact *a = j->a;
     for (int o0 = begin; o0 < end; o0 += ROW_TILE) {
@@ -909,14 +919,79 @@ static void qmm_rows(void *p, int begin, int end) {
     }
 }
 
+/* Products run by the row kernels in one pass of the pool: their output rows
+ * end to end, product i's being items first[i] .. first[i+1]-1.  Decoding
+ * thus waits once for q/k/v and once for gate/up instead of five times, and
+ * parallel_for_dynamic evens out the threads.  Measured on the 2B shape (2
+ * threads, tokens alternating between the ways in one process): with the
+ * machine busy, q8 71.0 ms a token against 77.9 split statically and 75.6
+ * against 81.8, q4 50.5 against 54.1; when quiet 0-2% (one pass instead of
+ * several: 0-3%). */
+#define QMM_BATCH 32
+typedef struct {
+    qmm_job parts[QMM_BATCH];
+    int first[QMM_BATCH + 1];
+    int count;
+} qmm_batch;
+
+static void qmm_batch_rows(void *p, int begin, int end) {
+    const qmm_batch *b = p;
+    for (int i = 0; i < b->count; i++) {
+        int lo = begin > b->first[i] ? begin : b->first[i], hi = end < b->first[i + 1] ? end : b->first[i + 1];
+        if (lo < hi) qmm_rows(&b->parts[i], lo - b->first[i], hi - b->first[i]);
+    }
+}
+
+/* Rows a thread claims at a time in the row kernels' parallel_for_dynamic:
+ * about QMM_CHUNK_BYTES of weights (of the batch's widest rows), so that
+ * claiming (one uncontended compare-and-swap) costs next to nothing against
+ * streaming them, and the threads end at most that far apart. */
+#define QMM_CHUNK_BYTES 32768
+
+static void qmm_batch_run(qmm_batch *b) {
+    int64_t ld = 1;
+    for (int i = 0; i < b->count; i++) ld = b->parts[i].w->ld > ld ? b->parts[i].w->ld : ld;
+    int64_t chunk = QMM_CHUNK_BYTES / ld;
+    parallel_for_dynamic(b->first[b->count], chunk < 1 ? 1 : (int)chunk, qmm_batch_rows, b);
+}
+
+/* Up to QMM_BATCH products: the VNNI product for those of GEMM_MIN_ROWS rows
+ * or more, one row-kernel pass of the pool for the others.  Products of the
+ * same input rows (q/k/v, gate/up) share one quantization of them. */
+static void quant_batch(const qvl_product *ps, int count) {
+    qact acts[QMM_BATCH];
+    const qact *act[QMM_BATCH];     /* product i's quantized input: its own acts[i] or an earlier one */
+    qmm_batch b = { .count = 0, .first = { 0 } };
+    for (int i = 0; i < count; i++) {
+        const qvl_product *p = &ps[i];
+        act[i] = NULL;
+        if (p->n <= 0 || p->w->out <= 0) continue;
+        for (int e = 0; e < i && !act[i]; e++)
+            if (act[e] && ps[e].x == p->x && ps[e].n == p->n && ps[e].w->in == p->w->in) act[i] = act[e];
+        if (!act[i]) {
+            if (qact_new(&acts[i], p->x, p->n, p->w->in)) abort();    /* n * in bytes: as small as the activations */
+            act[i] = &acts[i];
+        }
+        qmm_job j = { p->y, p->w, act[i], p->n, pick_dot(p->w->dtype) };
+        if (cpu_kernel() == K_VNNI && p->n >= GEMM_MIN_ROWS) {
+            parallel_for((p->w->out + TILE_O - 1) / TILE_O, qmm_tiles_vnni, &j);
+            continue;
+        }
+        b.parts[b.count] = j;
+        b.first[b.count + 1] = b.first[b.count] + p->w->out;
+        b.count++;
+    }
+    if (b.count) qmm_batch_run(&b);
+    for (int i = 0; i < count; i++) if (act[i] == &acts[i]) qact_free(&acts[i]);
+}
+
+void quant_matmul_batch(const qvl_product *ps, int count) {
+    for (int i = 0; i < count; i += QMM_BATCH) quant_batch(ps + i, count - i < QMM_BATCH ? count - i : QMM_BATCH);
+}
+
 void quant_matmul(float *y, const float *x, const qvl_weight *w, int n) {
-    if (n <= 0 || w->out <= 0) return;
-    qact a;
-    if (qact_new(&a, x, n, w->in)) abort();    /* n * in bytes: as small as the activations */
-    qmm_job j = { y, w, &a, n, pick_dot(w->dtype) };
-    if (cpu_kernel() == K_VNNI && n >= GEMM_MIN_ROWS) parallel_for((w->out + TILE_O - 1) / TILE_O, qmm_tiles_vnni, &j);
-    else parallel_for(w->out, qmm_rows, &j);
-    qact_free(&a);
+    qvl_product p = { y, x, w, n };
+    quant_matmul_batch(&p, 1);
 }
 
 /* ---------------------------------------------------------------- the model */
@@ -1067,6 +1142,22 @@ static int apply_matrix(void *p, const char *name, qvl_weight *w) {
     return 0;
 }
 
+/* Decoding streams every quantized weight once a token: in 4 KiB pages that
+ * is a TLB miss every 4 KiB, and the hardware prefetchers stop at each page
+ * end.  So the copies get 2 MiB pages where the kernel gives them on request
+ * (transparent huge pages in "madvise" mode, as on the project machine; a
+ * `qvl quantize` checkpoint's mapped file already came in large folios
+ * there).  The size is rounded up to whole huge pages; free() takes it back
+ * as any aligned_alloc block. */
+#define HUGE_PAGE ((size_t)2 << 20)
+
+static void *huge_alloc(size_t size) {
+    size_t whole = (size + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
+    void *p = aligned_alloc(HUGE_PAGE, whole);
+    if (p) madvise(p, whole, MADV_HUGEPAGE);   /* a hint: without it, 4 KiB pages */
+    return p;
+}
+
 int model_quantize(qvl_model *m, qvl_quant quant, char *err) {
     if (quant == QVL_QUANT_NONE) return 0;
     quantizer q = { .m = m, .quant = quant, .err = err, .page_out = m->file_mapped };
@@ -1076,7 +1167,7 @@ int model_quantize(qvl_model *m, qvl_quant quant, char *err) {
         qvl_seterr(err, "model is already partly quantized; quantize from the original checkpoint instead");
         return -1;
     }
-    q.buf = aligned_alloc(64, q.total);
+    q.buf = huge_alloc(q.total);
     if (!q.buf) {
         qvl_seterr(err, "out of memory for the %s weights (%.1f MB)", quant_name(quant), (double)q.total / 1e6);
         return -1;

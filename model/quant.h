@@ -13,6 +13,7 @@
 #define QVL_QUANT_H
 
 #include <stddef.h>
+#include "ops.h"          /* qvl_product */
 #include "weights.h"
 
 typedef enum { QVL_QUANT_NONE, QVL_QUANT_Q8, QVL_QUANT_Q4 } qvl_quant;
@@ -48,6 +49,11 @@ int quant_bind(const void *data, int ndim, const int64_t *shape, int out, int in
 
 /* y[n, w->out] = x[n, w->in] . W^T for a quantized W (called by matmul). */
 void quant_matmul(float *y, const float *x, const qvl_weight *w, int n);
+/* Several such products (every w quantized; called by matmul_batch): those
+ * of a few rows (decoding) go through the pool in one pass, balanced between
+ * the threads, and products of the same x quantize it once.  Each output is
+ * computed as quant_matmul computes it. */
+void quant_matmul_batch(const qvl_product *p, int count);
 
 /* Every matrix model_quantize converts, with its checkpoint name: the text
  * decoder's attention and MLP projections, the MoE experts (named per expert:

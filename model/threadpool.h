@@ -22,6 +22,14 @@ int pool_set_threads(int n);
 /* The current number of threads (starting the default pool if needed). */
 int pool_threads(void);
 void parallel_for(int n, pool_task fn, void *arg);
+/* parallel_for that balances the load: each thread starts on the range
+ * parallel_for would give it, claiming `chunk` items at a time, and then
+ * takes chunks left in the others' ranges, so a thread slowed down (by the
+ * memory, by another process) delays the end by one chunk at most.  Only for
+ * tasks whose items come out the same whichever thread computes them, in
+ * whatever chunks (then the results are still independent of the thread
+ * count and of scheduling). */
+void parallel_for_dynamic(int n, int chunk, pool_task fn, void *arg);
 /* Joins the workers (the next parallel_for starts a fresh default pool). */
 void pool_shutdown(void);
 

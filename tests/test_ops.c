@@ -15,6 +15,7 @@
  * thousands of back-to-back loops (the spinning hand-off) and loops after
  * the workers fell asleep all complete. */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -624,6 +625,67 @@ START_TEST(pool_runs_every_item_once) {
 }
 END_TEST
 
+/* parallel_for_dynamic: every item once, in claims of at most `chunk`. */
+typedef struct {
+    int *hits;
+    int chunk, longest;
+} chunk_job;
+
+static void count_chunk(void *arg, int begin, int end) {
+    chunk_job *j = arg;
+    for (int i = begin; i < end; i++) __atomic_fetch_add(&j->hits[i], 1, __ATOMIC_RELAXED);
+    int len = end - begin, seen = __atomic_load_n(&j->longest, __ATOMIC_RELAXED);
+    while (len > seen && !__atomic_compare_exchange_n(&j->longest, &seen, len, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {}
+}
+
+START_TEST(dynamic_pool_runs_every_item_once) {
+    int counts[4] = { 1, 2, 3, 5 }, sizes[6] = { 1, 2, 3, 17, 1000, 100000 }, chunks[3] = { 1, 3, 64 };
+    for (int c = 0; c < 4; c++) {
+        ck_assert_int_eq(pool_set_threads(counts[c]), counts[c]);
+        for (int s = 0; s < 6; s++)
+            for (int k = 0; k < 3; k++) {
+                int n = sizes[s];
+                chunk_job j = { calloc((size_t)n, sizeof(int)), chunks[k], 0 };
+                parallel_for_dynamic(n, chunks[k], count_chunk, &j);
+                for (int i = 0; i < n; i++)
+                    ck_assert_msg(j.hits[i] == 1, "%d threads, %d items, chunk %d: item %d ran %d times", counts[c], n,
+                                  chunks[k], i, j.hits[i]);
+                /* one thread, or no more items than a chunk: a single call */
+                int whole = counts[c] == 1 || n <= chunks[k];
+                ck_assert_int_eq(j.longest, whole ? n : chunks[k] < n ? chunks[k] : n);
+                free(j.hits);
+            }
+    }
+    pool_set_threads(0);
+}
+END_TEST
+
+/* The thread that finishes first takes items from the back of a slow
+ * thread's range. */
+typedef struct {
+    pthread_t who[64];
+} owner_job;
+
+static void note_owner(void *arg, int begin, int end) {
+    owner_job *j = arg;
+    if (begin == 0) {                    /* the first thread's first item: slow */
+        struct timespec ts = { 0, 200 * 1000 * 1000 };
+        nanosleep(&ts, NULL);
+    }
+    for (int i = begin; i < end; i++) j->who[i] = pthread_self();
+}
+
+START_TEST(dynamic_pool_moves_work_off_a_slow_thread) {
+    ck_assert_int_eq(pool_set_threads(2), 2);
+    owner_job j;
+    parallel_for_dynamic(64, 1, note_owner, &j);
+    int moved = 0;                       /* items 0..31 are the first thread's range */
+    for (int i = 1; i < 32; i++) moved += !pthread_equal(j.who[i], j.who[0]);
+    ck_assert_msg(moved > 0, "the other thread took none of the slow thread's items");
+    pool_set_threads(0);
+}
+END_TEST
+
 static void add_range(void *arg, int begin, int end) {
     long *sums = arg;
     for (int i = begin; i < end; i++) __atomic_fetch_add(&sums[i], (long)i, __ATOMIC_RELAXED);
@@ -672,6 +734,8 @@ int main(void) {
     tcase_set_timeout(p, 60);
     tcase_add_test(p, pool_runs_every_item_once);
     tcase_add_test(p, pool_survives_many_handoffs);
+    tcase_add_test(p, dynamic_pool_runs_every_item_once);
+    tcase_add_test(p, dynamic_pool_moves_work_off_a_slow_thread);
     suite_add_tcase(s, p);
     int rc = run_suite(s);
     pool_shutdown();

@@ -269,6 +269,53 @@ START_TEST(threads_agree) {
 }
 END_TEST
 
+/* matmul_batch over quantized weights (one pass of the pool for the row
+ * kernels, shared input quantization) gives each product the bits of
+ * matmul alone, on every kernel and thread count: q8 and q4 mixed, inputs
+ * shared or not, one row (decoding), two (row kernels) and five (AVX-512:
+ * the tiled product). */
+START_TEST(batch_equals_separate_products) {
+    enum { P = 6 };
+    static const int OUT[P] = { 37, 53, 29, 300, 41, 17 }, IN[P] = { 96, 96, 160, 96, 96, 160 }, N[P] = { 1, 1, 1, 1, 5, 2 };
+    static const int XS[P] = { 0, 0, 1, 0, 2, 3 };        /* which input: products 0, 1 and 3 share one */
+    static const qvl_dtype T[P] = { QVL_Q8, QVL_Q4, QVL_Q8, QVL_Q4, QVL_Q4, QVL_Q8 };
+    float *x[4], *y1[P], *y2[P];
+    void *buf[P];
+    qvl_weight qw[P];
+    qvl_product ps[P];
+    for (int k = 0; k < 4; k++) {
+        x[k] = malloc(sizeof(float) * 5 * 160);
+        for (int i = 0; i < 5 * 160; i++) x[k][i] = wrand();
+    }
+    for (int i = 0; i < P; i++) {
+        float *w = malloc(sizeof(float) * OUT[i] * IN[i]);
+        for (int e = 0; e < OUT[i] * IN[i]; e++) w[e] = wrand() * 0.05f;
+        qvl_weight fw = f32_weight(w, OUT[i], IN[i]);
+        qw[i] = quantized(&fw, T[i], &buf[i]);
+        free(w);
+        y1[i] = malloc(sizeof(float) * N[i] * OUT[i]);
+        y2[i] = malloc(sizeof(float) * N[i] * OUT[i]);
+        ps[i] = (qvl_product){ y2[i], x[XS[i]], &qw[i], N[i] };
+    }
+    for (int k = 0; k < 3; k++) {
+        if (quant_force_kernel(KERNELS[k])) continue;
+        for (int threads = 1; threads <= 3; threads++) {
+            pool_set_threads(threads);
+            for (int i = 0; i < P; i++) matmul(y1[i], x[XS[i]], &qw[i], N[i]);
+            for (int i = 0; i < P; i++) memset(y2[i], 0xff, sizeof(float) * N[i] * OUT[i]);
+            matmul_batch(ps, P);
+            for (int i = 0; i < P; i++)
+                ck_assert_msg(memcmp(y1[i], y2[i], sizeof(float) * N[i] * OUT[i]) == 0, "%s, %d threads: product %d differs",
+                              KERNELS[k], threads, i);
+        }
+    }
+    quant_force_kernel(NULL);
+    pool_set_threads(0);
+    for (int i = 0; i < P; i++) { free(buf[i]); free(y1[i]); free(y2[i]); }
+    for (int k = 0; k < 4; k++) free(x[k]);
+}
+END_TEST
+
 /* An in-major bf16 weight quantizes to the same bytes as its out-major transpose. */
 START_TEST(in_major_is_transposed) {
     int out = 70, in = 96;
@@ -804,6 +851,7 @@ static Suite *quant_suite(void) {
     TCase *k = tcase_create("kernels");
     tcase_add_test(k, kernels_agree);
     tcase_add_test(k, threads_agree);
+    tcase_add_test(k, batch_equals_separate_products);
     tcase_add_test(k, in_major_is_transposed);
     suite_add_tcase(s, k);
     TCase *m = tcase_create("models");
