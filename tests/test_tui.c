@@ -433,16 +433,19 @@ START_TEST(tui_image_sixel_stream) {
     ck_assert_int_eq(row_of(s, "\xE2\x96\x80"), -1);               /* no half blocks */
     free(s);
     size_t len;
-    char *out = NULL, *dcs = NULL;
-    for (double end = qvl_now() + 10; !dcs && qvl_now() < end; usleep(50000)) {   /* drawn after refresh */
+    char *out = NULL, *dcs = NULL, *st = NULL;
+    /* drawn after refresh; the pipe may hold the sequence's start before its
+     * end, so wait for the string terminator too */
+    for (double end = qvl_now() + 10; !st && qvl_now() < end; usleep(50000)) {
         free(out);
         out = slurp(raw, &len);
         dcs = memmem(out, len, "\033[1;3H\033P", 8);               /* CUP row 1, column 3, then DCS */
+        st = dcs ? memmem(dcs, (size_t)(out + len - dcs), "\033\\", 2) : NULL;
     }
     ck_assert_msg(dcs != NULL, "no sixel at row 1 column 3");
-    char *q = memchr(dcs + 8, 'q', (size_t)(out + len - dcs - 8));
-    char *st = memmem(dcs, (size_t)(out + len - dcs), "\033\\", 2);
-    ck_assert(q && st && q < st);
+    ck_assert_msg(st != NULL, "the sixel at row 1 column 3 has no string terminator");
+    char *q = memchr(dcs + 8, 'q', (size_t)(st - dcs - 8));
+    ck_assert(q && q < st);
     free(out);
     /* push it off the screen: its cells are cleared with spaces */
     term_type(&t, "a long one");
