@@ -1,6 +1,7 @@
 /* tmuxterm.c - driving a program in a real terminal emulator (tmux) for the
  * end-to-end tests: start it in a detached session of its own server, type
  * with send-keys, read the screen with capture-pane. */
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,17 @@ void term_init(term *t, int w, int h) {
     t->h = h;
 }
 
+/* The tmux server daemonizes and can outlive a test that is killed on a
+ * timeout, so it must not keep what the test process inherited (a lock
+ * taken around `make check` with flock, say): descriptors past stderr are
+ * closed on exec for every command the test starts. */
+static void keep_inherited_descriptors_from_children(void) {
+    for (int fd = 3; fd < 1024; fd++) {
+        int flags = fcntl(fd, F_GETFD);
+        if (flags >= 0 && !(flags & FD_CLOEXEC)) fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+    }
+}
+
 void term_run(term *t, const char *shell_cmd) {
     char conf[4200];
     snprintf(conf, sizeof conf, "%s/tmux.conf", t->dir);
@@ -34,6 +46,7 @@ void term_run(term *t, const char *shell_cmd) {
         *o++ = *p;
     }
     *o = 0;
+    keep_inherited_descriptors_from_children();
     int rc = sh(NULL, "tmux -S '%s' -f '%s' new-session -d -s t -x %d -y %d \"%s\"", t->sock, conf, t->w, t->h, quoted);
     ck_assert_msg(rc == 0, "tmux did not start");
 }
