@@ -274,6 +274,12 @@ START_TEST(quantized_weights_shrink) {
     }
     ck_assert_msg(bytes[2] < bytes[1] && bytes[1] != bytes[0], "weights: bf16 %.0f, q8 %.0f, q4 %.0f bytes",
                   bytes[0], bytes[1], bytes[2]);
+    /* tests/data/models/tiny-qwen3vl/config.json: 4 layers of hidden 64, 4
+     * query and 2 KV heads of 32, MLP 160; the tied lm_head of 151936 rows,
+     * one embedding row; all bf16.  The vision encoder's matrices are read
+     * by pictures only, so they are not counted. */
+    long long per_layer = 128 * 64 + 2 * (64 * 64) + 64 * 128 + 3 * (160 * 64);
+    ck_assert_int_eq((long long)decoded[0], 2 * (4 * per_layer + 151936LL * 64 + 64));
     /* a generated token reads the quantized matrices: fewer bytes at fewer bits */
     ck_assert_msg(decoded[1] < 0.6 * decoded[0] && decoded[2] < decoded[1],
                   "bytes per token: bf16 %.0f, q8 %.0f, q4 %.0f", decoded[0], decoded[1], decoded[2]);
@@ -289,19 +295,24 @@ START_TEST(quantized_checkpoint_is_reported) {
              build_path("tests/models/tiny-qwen3vl"), dir);
     ck_assert_msg(run_cmd(cmd, &out, &err) == 0, "qvl quantize: %s", err);
     free(out); free(err);
-    double params[2];
+    double params[2], text[2], vision[2];
     const char *models[2] = { build_path("tests/models/tiny-qwen3vl"), dir };
     for (int i = 0; i < 2; i++) {
         snprintf(args, sizeof args, "-m '%s' --pp 4 --tg 2 --reps 1 --no-images --json-only", models[i]);
         ck_assert_msg(bench(args, &out, &err) == 0, "%s", err);
         cJSON *j = last_line_json(out);
         params[i] = num(j, "params");
+        text[i] = num(j, "text_params");
+        vision[i] = num(j, "vision_params");
         ck_assert_str_eq(str(j, "quant"), i ? "q4" : "none");
         ck_assert_int_eq(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(j, "quant_kernel")), i == 0);
         cJSON_Delete(j);
         free(out); free(err);
     }
     ck_assert_msg(params[0] == params[1], "params: as stored %.0f, quantized checkpoint %.0f", params[0], params[1]);
+    /* the vision encoder's matrices are quantized too, and still counted as vision */
+    ck_assert_msg(text[0] == text[1] && vision[0] == vision[1], "text %.0f / %.0f, vision %.0f / %.0f params",
+                  text[0], text[1], vision[0], vision[1]);
 }
 END_TEST
 
