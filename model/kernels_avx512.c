@@ -32,6 +32,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "simd_avx512.h"
 
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 #define CHUNK 32               /* weights per 64-byte bf16 load */
@@ -247,36 +248,6 @@ AVX512 static void gemm_kernel(int kc, const float *a, const float *b, float *c,
     store_block(c0, c1, c, ldc, mr, m0, m1);
 }
 
-/* r[i] (row i) becomes column i. */
-AVX512 __attribute__((always_inline)) static inline void transpose16(__m512 r[16]) {
-    __m512 t[16];
-#pragma GCC unroll 8
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    }
-#pragma GCC unroll 4
-    for (int i = 0; i < 16; i += 4) {
-        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
-        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xee);
-        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xee);
-    }
-#pragma GCC unroll 2
-    for (int i = 0; i < 16; i += 8) {
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; j++) {
-            t[i + j] = _mm512_shuffle_f32x4(r[i + j], r[i + j + 4], 0x88);
-            t[i + j + 4] = _mm512_shuffle_f32x4(r[i + j], r[i + j + 4], 0xdd);
-        }
-    }
-#pragma GCC unroll 8
-    for (int j = 0; j < 8; j++) {
-        r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
-        r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xdd);
-    }
-}
-
 static inline float stored_at(const void *w, qvl_dtype t, size_t i) {
     if (t == QVL_F32) return ((const float *)w)[i];
     uint16_t h = ((const uint16_t *)w)[i];
@@ -306,7 +277,7 @@ AVX512 static void gemm_pack_b(float *panel, const void *w, qvl_dtype t, int64_t
                 __m512 r[16];
 #pragma GCC unroll 16
                 for (int j = 0; j < 16; j++) r[j] = load16(base + ((size_t)(h + j) * (size_t)ld + (size_t)k) * es, t, 16);
-                transpose16(r);
+                transpose16_ps(r);
 #pragma GCC unroll 16
                 for (int i = 0; i < 16; i++) _mm512_storeu_ps(panel + (size_t)(k + i) * GEMM_NR + h, r[i]);
             }
@@ -328,7 +299,7 @@ AVX512 static void gemm_pack_a(float *a, const float *x, int64_t lda, int rows, 
 #pragma GCC unroll 16
         for (int i = 0; i < 16; i++)
             r[i] = i < rows ? _mm512_maskz_loadu_ps(m, x + (size_t)i * (size_t)lda + k) : _mm512_setzero_ps();
-        transpose16(r);
+        transpose16_ps(r);
 #pragma GCC unroll 16
         for (int i = 0; i < 16; i++)
             if (i < valid) _mm512_mask_storeu_ps(a + (size_t)(k + i) * GEMM_MR, row_mask, r[i]);
@@ -592,13 +563,12 @@ AVX512BF16 static void gemm_bf16_pack_b(uint32_t *panel, const uint16_t *w, int6
         int p = 0;
         if (rows == 16)
             for (; p + 16 <= pairs; p += 16) {
-                __m512 r[16];
+                __m512i r[16];
 #pragma GCC unroll 16
-                for (int j = 0; j < 16; j++)
-                    r[j] = _mm512_castsi512_ps(_mm512_loadu_si512(w + (size_t)(h + j) * (size_t)ld + 2 * (size_t)p));
+                for (int j = 0; j < 16; j++) r[j] = _mm512_loadu_si512(w + (size_t)(h + j) * (size_t)ld + 2 * (size_t)p);
                 transpose16(r);
 #pragma GCC unroll 16
-                for (int i = 0; i < 16; i++) _mm512_storeu_si512(panel + (size_t)(p + i) * GEMM_NR + h, _mm512_castps_si512(r[i]));
+                for (int i = 0; i < 16; i++) _mm512_storeu_si512(panel + (size_t)(p + i) * GEMM_NR + h, r[i]);
             }
         for (; p < pairs; p++)
             for (int j = 0; j < 16; j++) {
@@ -619,19 +589,18 @@ AVX512BF16 static void gemm_bf16_pack_b(uint32_t *panel, const uint16_t *w, int6
 AVX512BF16 static void gemm_bf16_pack_a(uint32_t *a, const float *x, int64_t lda, int rows, int kc) {
     for (int k = 0; k < kc; k += 32) {
         int valid = kc - k < 32 ? kc - k : 32, pairs = (valid + 1) / 2;
-        __m512 r[16];       /* pair words, carried as floats for transpose16 */
+        __m512i r[16];
         for (int m = 0; m < 16; m++) {
-            if (m >= rows || m >= GEMM_MR) { r[m] = _mm512_setzero_ps(); continue; }
+            if (m >= rows || m >= GEMM_MR) { r[m] = _mm512_setzero_si512(); continue; }
             const float *src = x + (size_t)m * (size_t)lda + k;
             int lo = valid < 16 ? valid : 16, hi = valid - 16 > 0 ? valid - 16 : 0;
             __m512 a0 = _mm512_maskz_loadu_ps((__mmask16)((1u << lo) - 1), src);
             __m512 a1 = _mm512_maskz_loadu_ps((__mmask16)((1u << hi) - 1), src + 16);
-            r[m] = (__m512)_mm512_cvtne2ps_pbh(a1, a0);      /* a0's halves low, a1's high */
+            r[m] = (__m512i)_mm512_cvtne2ps_pbh(a1, a0);     /* a0's halves low, a1's high */
         }
         transpose16(r);
         for (int j = 0; j < pairs; j++)
-            _mm512_mask_storeu_epi32(a + (size_t)(k / 2 + j) * GEMM_MR, (__mmask16)((1u << GEMM_MR) - 1),
-                                     _mm512_castps_si512(r[j]));
+            _mm512_mask_storeu_epi32(a + (size_t)(k / 2 + j) * GEMM_MR, (__mmask16)((1u << GEMM_MR) - 1), r[j]);
     }
 }
 

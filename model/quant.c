@@ -56,6 +56,7 @@
 
 #include "common.h"
 #include "ops.h"
+#include "simd_avx512.h"
 #include "threadpool.h"
 
 /* ---------------------------------------------------------------- names and sizes */
@@ -615,30 +616,6 @@ static inline __m512i pair_u8(const uint8_t *row, qvl_dtype t, int b, int in_pad
     __m256i lo = _mm256_and_si256(v, _mm512_castsi512_si256(low));
     __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm512_castsi512_si256(low));
     return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-}
-
-/* Transposes 16 x 16 32-bit elements in place: r[i] lane j <-> r[j] lane i. */
-__attribute__((target(VNNI_TARGET)))
-static inline void transpose16(__m512i r[16]) {
-    __m512i t[16], u[16];
-    _Pragma("GCC unroll 16") for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-    }
-    _Pragma("GCC unroll 16") for (int i = 0; i < 4; i++) {        /* u[4i + k], 128-bit chunk c: rows 4i..4i+3 at column 4c + k */
-        u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-    }
-    _Pragma("GCC unroll 16") for (int k = 0; k < 4; k++) {
-        __m512i a0 = _mm512_shuffle_i32x4(u[k], u[4 + k], 0x88), a1 = _mm512_shuffle_i32x4(u[k], u[4 + k], 0xDD);
-        __m512i b0 = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0x88), b1 = _mm512_shuffle_i32x4(u[8 + k], u[12 + k], 0xDD);
-        r[k] = _mm512_shuffle_i32x4(a0, b0, 0x88);
-        r[8 + k] = _mm512_shuffle_i32x4(a0, b0, 0xDD);
-        r[4 + k] = _mm512_shuffle_i32x4(a1, b1, 0x88);
-        r[12 + k] = _mm512_shuffle_i32x4(a1, b1, 0xDD);
-    }
 }
 
 /* The weight scales of blocks b0 .. b0+15 (those below nb) of the tile's 16
