@@ -973,6 +973,10 @@ void quant_matmul(float *y, const float *x, const qvl_weight *w, int n) {
 
 /* ---------------------------------------------------------------- the model */
 
+#define VISION_PREFIX "model.visual."
+
+int quant_is_vision_name(const char *name) { return !strncmp(name, VISION_PREFIX, sizeof VISION_PREFIX - 1); }
+
 /* The vision encoder's matrices: its prompt-sized products (every patch
  * through every block) are where pictures spend their time, and at q8 they
  * run on the integer kernels.  Measured on the 2B shape (2 threads): a
@@ -986,16 +990,16 @@ static int visit_vision(qvl_model *m, quant_visit fn, void *ctx) {
     for (int l = 0; l < m->cfg.vision.depth; l++) {
         qvl_weight *bw[] = { &v->blocks[l].qkv, &v->blocks[l].proj, &v->blocks[l].fc1, &v->blocks[l].fc2 };
         for (int k = 0; k < 4; k++) {
-            snprintf(name, sizeof name, "model.visual.blocks.%d.%s.weight", l, blk[k]);
+            snprintf(name, sizeof name, VISION_PREFIX "blocks.%d.%s.weight", l, blk[k]);
             if (fn(ctx, name, bw[k])) return 1;
         }
     }
-    if (fn(ctx, "model.visual.merger.linear_fc1.weight", &v->merger.fc1)) return 1;
-    if (fn(ctx, "model.visual.merger.linear_fc2.weight", &v->merger.fc2)) return 1;
+    if (fn(ctx, VISION_PREFIX "merger.linear_fc1.weight", &v->merger.fc1)) return 1;
+    if (fn(ctx, VISION_PREFIX "merger.linear_fc2.weight", &v->merger.fc2)) return 1;
     for (int d = 0; d < m->cfg.vision.n_deepstack; d++) {
-        snprintf(name, sizeof name, "model.visual.deepstack_merger_list.%d.linear_fc1.weight", d);
+        snprintf(name, sizeof name, VISION_PREFIX "deepstack_merger_list.%d.linear_fc1.weight", d);
         if (fn(ctx, name, &v->deepstack[d].fc1)) return 1;
-        snprintf(name, sizeof name, "model.visual.deepstack_merger_list.%d.linear_fc2.weight", d);
+        snprintf(name, sizeof name, VISION_PREFIX "deepstack_merger_list.%d.linear_fc2.weight", d);
         if (fn(ctx, name, &v->deepstack[d].fc2)) return 1;
     }
     return 0;
@@ -1048,7 +1052,7 @@ int quant_for_each_matrix(qvl_model *m, quant_visit fn, void *ctx) {
  * The names are quant_for_each_matrix's. */
 qvl_dtype quant_type_for(const qvl_model *m, qvl_quant q, const char *name) {
     if (q != QVL_QUANT_Q4) return quant_dtype(q);
-    if (!strncmp(name, "model.visual.", 13)) return QVL_Q8;     /* pictures keep 8 bits */
+    if (quant_is_vision_name(name)) return QVL_Q8;     /* pictures keep 8 bits */
     const char *l = strstr(name, ".layers.");
     if (!l) return QVL_Q4;                              /* lm_head */
     if (strstr(name, ".self_attn.v_proj.") || strstr(name, ".self_attn.o_proj.")) return QVL_Q8;

@@ -65,6 +65,9 @@ void quant_matmul_batch(const qvl_product *p, int count);
 typedef int (*quant_visit)(void *ctx, const char *name, qvl_weight *w);
 int quant_for_each_matrix(qvl_model *m, quant_visit fn, void *ctx);
 
+/* Whether a name quant_for_each_matrix gives is one of the vision encoder's. */
+int quant_is_vision_name(const char *name);
+
 /* The type model_quantize gives the matrix `name` (as quant_for_each_matrix
  * names it) under q: QVL_Q8 for every matrix under q8; under q4 a mix, most
  * text matrices QVL_Q4 but attention's v and o projections and the MLP (or

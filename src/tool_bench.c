@@ -226,7 +226,7 @@ static int scan_stored(void *ctx, const char *name, qvl_weight *w) {
     int tied_copy = !strcmp(name, "lm_head.weight") && s->tied;
     long long fix = (tied_copy ? 0 : (long long)w->out * w->in) - (long long)w->out * w->ld;
     s->r->params += fix;
-    if (!strncmp(name, "model.visual.", 13)) s->r->vision_params += fix;
+    if (quant_is_vision_name(name)) s->r->vision_params += fix;
     else s->r->text_params += fix;
     if (w->dtype == QVL_Q4) s->q4 = 1;
     else s->q8 = 1;
@@ -275,7 +275,7 @@ typedef struct {
 
 static int add_decoded(void *ctx, const char *name, qvl_weight *w) {
     decode_sum *s = ctx;
-    if (!strncmp(name, "model.visual.", 13)) return 0;      /* pictures only */
+    if (quant_is_vision_name(name)) return 0;      /* pictures only */
     if (strstr(name, ".experts.")) s->experts += matrix_bytes(w);
     else s->dense += matrix_bytes(w);
     return 0;

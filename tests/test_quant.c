@@ -388,7 +388,7 @@ static int check_type(void *ctx, const char *name, qvl_weight *w) {
     type_check *c = ctx;
     qvl_dtype t = quant_type_for(c->m, c->quant, name);
     ck_assert_msg(w->dtype == t, "%s: dtype %d, the %s rule says %d", name, w->dtype, quant_name(c->quant), t);
-    if (!strncmp(name, "model.visual.", 13)) {
+    if (quant_is_vision_name(name)) {
         ck_assert_msg(t == QVL_Q8, "%s: vision matrices stay 8-bit", name);
         c->vision++;
         return 0;
