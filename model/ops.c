@@ -88,6 +88,8 @@ int ops_set_bf16_matmul(int on) {
 
 int ops_bf16_matmul(void) { return bf16_matmul; }
 
+int ops_bf16_matmul_supported(void) { return kernels_avx512_bf16() != NULL; }
+
 const char *ops_openblas_coretype(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();

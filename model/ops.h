@@ -105,5 +105,7 @@ void ops_force_portable(int on);
  * if the CPU lacks AVX512_BF16.  Not to be called while a forward pass runs. */
 int ops_set_bf16_matmul(int on);
 int ops_bf16_matmul(void);
+/* Whether this CPU has AVX512_BF16 (ops_set_bf16_matmul(1) would succeed). */
+int ops_bf16_matmul_supported(void);
 
 #endif

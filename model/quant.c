@@ -1073,6 +1073,14 @@ static int visit_vision(qvl_model *m, quant_visit fn, void *ctx) {
     return 0;
 }
 
+static int stop_at_quantized(void *ctx, const char *name, qvl_weight *w) {
+    (void)ctx;
+    (void)name;
+    return quant_is_quantized(w->dtype);
+}
+
+int model_is_quantized(qvl_model *m) { return quant_for_each_matrix(m, stop_at_quantized, NULL); }
+
 int quant_for_each_matrix(qvl_model *m, quant_visit fn, void *ctx) {
     const qvl_text_config *tc = &m->cfg.text;
     static const char *const mlp[] = { "gate", "up", "down" };

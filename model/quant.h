@@ -83,6 +83,10 @@ qvl_dtype quant_type_for(const qvl_model *m, qvl_quant q, const char *name);
  * taken too); another type is an error. */
 int model_quantize(qvl_model *m, qvl_quant q, char *err);
 
+/* Whether any matrix of the model is quantized (by model_quantize or as
+ * stored by `qvl quantize`). */
+int model_is_quantized(qvl_model *m);
+
 /* Which integer kernel runs: "avx512vnni", "avx2" or "portable". */
 const char *quant_kernel_name(void);
 /* Forces a kernel no faster than the CPU allows (tests compare them):

@@ -266,7 +266,7 @@ qvl_session *session_open(const qvl_session_opts *o, const qvl_session_hooks *ho
     if (hooks) s->hooks = *hooks;
     if (s->opts.ctx <= 0) s->opts.ctx = 8192;
     pool_set_threads(o->threads);
-    if (ops_set_bf16_matmul(o->bf16_matmul)) {
+    if (ops_set_bf16_matmul(o->bf16_matmul == 1)) {
         qvl_seterr(err, "--matmul bf16: this CPU lacks AVX512_BF16");
         free(s);
         return NULL;
@@ -276,6 +276,13 @@ qvl_session *session_open(const qvl_session_opts *o, const qvl_session_hooks *ho
     s->model = model_load(o->model, err);
     if (!s->model) goto fail;
     if (model_quantize(s->model, o->quant, err) != 0) goto fail;
+    /* Quantized weights already trade exactness for speed, so by default the
+     * products they leave in float (attention's, the vision encoder's above
+     * all) take bf16 activations too. */
+    if (o->bf16_matmul == QVL_MATMUL_AUTO) {
+        s->opts.bf16_matmul = model_is_quantized(s->model) && ops_bf16_matmul_supported();
+        ops_set_bf16_matmul(s->opts.bf16_matmul);
+    }
     emit_state(s, QVL_STATE_LOADING, 0.6);
     s->tok = tok_load_source(o->model, err);
     if (!s->tok) goto fail;

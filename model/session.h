@@ -49,9 +49,13 @@ typedef struct {
     int verbose;
     int prefill_chunk;          /* tokens per prefill step (0: 256); images are never split */
     qvl_quant quant;            /* weights quantized at load (q8, q4) or as stored (none) */
-    int bf16_matmul;            /* many-row products with bf16 activations (ops_set_bf16_matmul) */
+    int bf16_matmul;            /* many-row products with bf16 activations (ops_set_bf16_matmul): 1 on,
+                                   0 off, QVL_MATMUL_AUTO on where the loaded matrices are quantized
+                                   and the CPU has AVX512_BF16 (session_open resolves it to 0 or 1) */
     qvl_dtype kv_dtype;         /* KV cache values: QVL_F32 (0, the default) or QVL_F16 (half the memory) */
 } qvl_session_opts;
+
+#define QVL_MATMUL_AUTO (-1)
 
 typedef enum {
     QVL_STATE_IDLE, QVL_STATE_LOADING, QVL_STATE_ENCODING, QVL_STATE_PREFILL, QVL_STATE_GENERATING

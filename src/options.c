@@ -78,8 +78,10 @@ void options_usage(FILE *f) {
 "  -t, --threads N           worker threads (default: 0 = all cores)\n"
 "      --quant q8|q4|none    quantize the weights at load to 8 or 4 bits: faster\n"
 "                            and smaller, slightly less exact (default: none)\n"
-"      --matmul f32|bf16     prompt and image arithmetic: f32 (exact, default) or bf16\n"
-"                            activations (AVX512_BF16 CPUs: ~1.7x faster, ~1e-3 error)\n"
+"      --matmul auto|f32|bf16\n"
+"                            prompt and image arithmetic: f32 (exact) or bf16\n"
+"                            activations (AVX512_BF16 CPUs: ~1.7x faster, ~1e-3 error);\n"
+"                            auto (default): bf16 with quantized weights, else f32\n"
 "      --kv-cache f32|f16    how the context's keys and values are stored: f16 takes\n"
 "                            half the memory, slightly less exact (default: f32)\n"
 "      --min-pixels N        smallest image area in pixels (default: the model's)\n"
@@ -221,6 +223,7 @@ static void options_defaults(qvl_options *o) {
     sampling_unset(&o->sampling);
     o->ctx = QVL_DEFAULT_CTX;
     o->images_mode = QVL_IMAGES_AUTO;
+    o->bf16_matmul = QVL_MATMUL_AUTO;
 }
 
 static int add_image(qvl_options *o, const char *path, char *err) {
@@ -264,7 +267,7 @@ static int apply_option(qvl_options *o, int c, const char *arg, char *err) {
         return 0;
     case OPT_MATMUL:
         if (matmul_parse(arg, &o->bf16_matmul)) {
-            qvl_seterr(err, "--matmul: expected f32 or bf16, got '%s'", arg);
+            qvl_seterr(err, "--matmul: expected auto, f32 or bf16, got '%s'", arg);
             return -1;
         }
         return 0;
@@ -396,8 +399,9 @@ const char *kv_cache_name(qvl_dtype t) { return t == QVL_F16 ? "f16" : "f32"; }
 int matmul_parse(const char *s, int *bf16) {
     if (!strcmp(s, "f32")) *bf16 = 0;
     else if (!strcmp(s, "bf16")) *bf16 = 1;
+    else if (!strcmp(s, "auto")) *bf16 = QVL_MATMUL_AUTO;
     else return -1;
     return 0;
 }
 
-const char *matmul_name(int bf16) { return bf16 ? "bf16" : "f32"; }
+const char *matmul_name(int bf16) { return bf16 == QVL_MATMUL_AUTO ? "auto" : bf16 ? "bf16" : "f32"; }

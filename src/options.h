@@ -32,7 +32,7 @@ typedef struct {
     int ctx;                    /* -c */
     int threads;                /* -t; 0: all cores */
     qvl_quant quant;            /* --quant: QVL_QUANT_NONE (as stored), _Q8, _Q4 */
-    int bf16_matmul;            /* --matmul bf16 */
+    int bf16_matmul;            /* --matmul: 1 bf16, 0 f32, QVL_MATMUL_AUTO (the default) */
     qvl_dtype kv_dtype;         /* --kv-cache: QVL_F32 (default) or QVL_F16 */
     long min_pixels;            /* 0: the model's */
     long max_pixels;            /* 0: QVL_DEFAULT_MAX_PIXELS, or the model's limit if smaller */
@@ -64,8 +64,8 @@ void options_session(const qvl_options *o, const qvl_source *model, qvl_session_
  * else; and back. */
 int kv_cache_parse(const char *s, qvl_dtype *out);
 const char *kv_cache_name(qvl_dtype t);
-/* A --matmul value, "f32" or "bf16" (qvl and qvl bench), as *bf16 = 0 or 1:
- * -1 for anything else; and back. */
+/* A --matmul value, "f32", "bf16" or "auto" (qvl and qvl bench), as *bf16 =
+ * 0, 1 or QVL_MATMUL_AUTO: -1 for anything else; and back. */
 int matmul_parse(const char *s, int *bf16);
 const char *matmul_name(int bf16);
 

@@ -1,6 +1,6 @@
 /* tool_bench.c - `qvl bench`: how fast a model runs on this machine.
  *
- *   qvl bench [-m DIR] [-t N] [--quant q8|q4] [--matmul f32|bf16] [--kv-cache f32|f16]
+ *   qvl bench [-m DIR] [-t N] [--quant q8|q4] [--matmul auto|f32|bf16] [--kv-cache f32|f16]
  *             [--pp N] [--tg N] [--reps N] [--no-images] [--json-only]
  *
  * A CPU user's experience comes down to a few numbers, and this measures them
@@ -68,7 +68,7 @@ typedef struct {
     int json_only;
     int no_images;              /* text only: no image encoding, no time to first token */
     qvl_quant quant;
-    int bf16_matmul;            /* --matmul bf16 */
+    int bf16_matmul;            /* --matmul: 1 bf16, 0 f32, QVL_MATMUL_AUTO (the default) */
     qvl_dtype kv;               /* the KV cache's element type */
 } bench_opts;
 
@@ -91,7 +91,7 @@ typedef struct {
     int threads;
     const char *kernel, *blas_core, *blas_env;
     const char *quant, *quant_kernel;   /* quant_kernel: NULL when not quantized */
-    const char *matmul;                 /* "f32" or "bf16" (--matmul) */
+    const char *matmul;                 /* "f32" or "bf16" (--matmul, auto resolved as the chat does) */
     long long params, text_params, vision_params;
     long long weights_bytes;
     double load_s, quantize_s, warmup_s;
@@ -511,11 +511,10 @@ static int bench_run(const bench_opts *o, bench_result *r, char *err) {
 
     r->label = src->label ? src->label : o->model_dir;
     r->threads = pool_set_threads(o->threads);
-    if (ops_set_bf16_matmul(o->bf16_matmul)) {
+    if (ops_set_bf16_matmul(o->bf16_matmul == 1)) {
         qvl_seterr(err, "--matmul bf16: this CPU lacks AVX512_BF16");
         return -1;
     }
-    r->matmul = matmul_name(o->bf16_matmul);
     openblas_facts(r);
     r->pp = o->pp;
     r->tg = o->tg;
@@ -538,6 +537,9 @@ static int bench_run(const bench_opts *o, bench_result *r, char *err) {
         r->weights_bytes += quantizable_bytes(m) - before;
         r->quant_kernel = quant_kernel_name();
     }
+    if (o->bf16_matmul == QVL_MATMUL_AUTO)      /* as session_open decides it */
+        ops_set_bf16_matmul(model_is_quantized(m) && ops_bf16_matmul_supported());
+    r->matmul = matmul_name(ops_bf16_matmul());
     if (bench_preproc(src, &pp, err)) goto done;
 
     int vocab = m->text.lm_head.out;
@@ -778,15 +780,16 @@ static char *result_json(const bench_result *r, int reps) {
 /* ---------------------------------------------------------------- arguments */
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: qvl bench [-m DIR] [-t THREADS] [--quant q8|q4] [--matmul f32|bf16]\n"
+    fprintf(f, "usage: qvl bench [-m DIR] [-t THREADS] [--quant q8|q4] [--matmul auto|f32|bf16]\n"
                "                 [--kv-cache f32|f16] [--pp N] [--tg N] [--reps N] [--no-images] [--json-only]\n"
                "Measures load time, prompt processing (--pp tokens, default 512), generation (--tg\n"
                "tokens after the prompt, default 128), image encoding (448x448 and 1024x768), time to\n"
                "first token of a question about an image, weights, KV cache and peak memory.  Each\n"
                "measurement is repeated --reps times (default 3).  Without -m: the built-in demo model.\n"
-               "--quant converts the text matrices at load, as the chat's --quant does; --kv-cache\n"
+               "--quant converts the matrices at load, as the chat's --quant does; --kv-cache\n"
                "stores the keys and values as the chat's --kv-cache does (default f32); --matmul bf16\n"
-               "runs prompts and the vision encoder with bf16 activations, as the chat's --matmul does;\n"
+               "runs prompts and the vision encoder with bf16 activations, as the chat's --matmul does\n"
+               "(auto, the default: bf16 with quantized weights, else f32);\n"
                "--no-images skips the image encoding and the time to first token.\n"
                "Prints a table, then one JSON line with every figure (--json-only: just that line).\n");
 }
@@ -814,7 +817,7 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
         { "kv-cache", required_argument, 0, OPT_KV },
         { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 },
     };
-    *o = (bench_opts){ .pp = 512, .tg = 128, .reps = 3 };
+    *o = (bench_opts){ .pp = 512, .tg = 128, .reps = 3, .bf16_matmul = QVL_MATMUL_AUTO };
     int c;
     optind = 1;
     opterr = 0;
@@ -835,7 +838,7 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
             break;
         case OPT_MATMUL:
             if (matmul_parse(optarg, &o->bf16_matmul)) {
-                fprintf(stderr, "qvl bench: --matmul '%s': expected f32 or bf16\n", optarg);
+                fprintf(stderr, "qvl bench: --matmul '%s': expected auto, f32 or bf16\n", optarg);
                 return -1;
             }
             break;

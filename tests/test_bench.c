@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "ops.h"
 #include "testutil.h"
 
 /* Runs `qvl bench ARGS`; returns the exit status. */
@@ -247,7 +248,9 @@ START_TEST(synthetic_model_without_tokenizer) {
 }
 END_TEST
 
-/* --quant: the text matrices are converted at load.  q4 stores half the
+/* --quant: the matrices are converted at load, and --matmul's default then
+ * runs the products left in float with bf16 activations (where the CPU has
+ * AVX512_BF16), as the chat does.  q4 stores half the
  * bytes per weight of q8, so its total is smaller; both differ from the
  * stored checkpoint.  (Whether they are below it depends on the model: the
  * tiny one is mostly its tied embedding, which keeps its bf16 rows for the
@@ -265,6 +268,7 @@ START_TEST(quantized_weights_shrink) {
         check_fields(j);
         ck_assert_str_eq(str(j, "quant"), q[i]);
         ck_assert_int_eq(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(j, "quant_kernel")), i == 0);
+        ck_assert_str_eq(str(j, "matmul"), i && ops_bf16_matmul_supported() ? "bf16" : "f32");
         ck_assert(num(j, "tg_tok_s") > 0);
         bytes[i] = num(j, "weights_bytes");
         decoded[i] = num(j, "decode_bytes_per_token");
@@ -287,7 +291,8 @@ START_TEST(quantized_weights_shrink) {
 END_TEST
 
 /* A checkpoint written by `qvl quantize` is reported as what it is: its
- * quantization, and the parameters of the matrices (not their bytes). */
+ * quantization, and the parameters of the matrices (not their bytes); it
+ * takes --matmul's quantized default as one quantized at load does. */
 START_TEST(quantized_checkpoint_is_reported) {
     char cmd[8192], args[4400], *out, *err;
     const char *dir = tmp_dir("bench-q4");
@@ -306,6 +311,7 @@ START_TEST(quantized_checkpoint_is_reported) {
         vision[i] = num(j, "vision_params");
         ck_assert_str_eq(str(j, "quant"), i ? "q4" : "none");
         ck_assert_int_eq(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(j, "quant_kernel")), i == 0);
+        ck_assert_str_eq(str(j, "matmul"), i && ops_bf16_matmul_supported() ? "bf16" : "f32");
         cJSON_Delete(j);
         free(out); free(err);
     }

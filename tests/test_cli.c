@@ -267,13 +267,28 @@ START_TEST(demo_batch_conversation_continues) {
 }
 END_TEST
 
-/* /stats names the precision options the session runs with. */
+/* /stats names the precision options the session runs with; --matmul's
+ * default (auto) is bf16 with quantized weights where the CPU has
+ * AVX512_BF16, and f32 otherwise or when asked. */
 START_TEST(stats_name_the_precision) {
+    static const struct { const char *args, *want; } CASES[] = {
+        { "--quant q8 --kv-cache f16", NULL },
+        { "--quant q8 --kv-cache f16 --matmul f32", "precision: weights q8, KV cache f16, matmul f32\n" },
+        { "--quant q4 --matmul auto", NULL },
+    };
     char *path = write_tmp("stats", "script.txt", "/stats\n"), *out, *err;
-    int st = qvl("--quant q8 --kv-cache f16", path, &out, &err);
-    ck_assert_msg(st == 0, "status %d: %s", st, err);
-    ck_assert_msg(strstr(err, "precision: weights q8, KV cache f16, matmul f32\n") != NULL, "/stats: %s", err);
-    free(out); free(err); free(path);
+    const char *bf16 = ops_bf16_matmul_supported() ? "bf16" : "f32";
+    for (int i = 0; i < 3; i++) {
+        char want[128];
+        if (CASES[i].want) snprintf(want, sizeof want, "%s", CASES[i].want);
+        else snprintf(want, sizeof want, "precision: weights %s, KV cache %s, matmul %s\n", i ? "q4" : "q8",
+                      i ? "f32" : "f16", bf16);
+        int st = qvl(CASES[i].args, path, &out, &err);
+        ck_assert_msg(st == 0, "status %d: %s", st, err);
+        ck_assert_msg(strstr(err, want) != NULL, "%s: /stats: %s", CASES[i].args, err);
+        free(out); free(err);
+    }
+    free(path);
 }
 END_TEST
 

@@ -202,25 +202,27 @@ START_TEST(quant_option) {
 }
 END_TEST
 
-/* --matmul: f32 by default, bf16 on request, passed on to the session;
- * matmul_name gives the option's spelling back (qvl bench reports it). */
+/* --matmul: auto by default (the session resolves it), f32 or bf16 on
+ * request, passed on to the session; matmul_name gives the option's spelling
+ * back (qvl bench reports it). */
 START_TEST(matmul_option) {
     qvl_options o;
     qvl_session_opts so;
     qvl_source src = source_dir("/models/x");
     char err[QVL_ERR_MAX];
     ck_assert_int_eq(parse(&o, err, NULL), OPTIONS_RUN);
-    ck_assert_int_eq(o.bf16_matmul, 0);
+    ck_assert_int_eq(o.bf16_matmul, QVL_MATMUL_AUTO);
     options_free(&o);
-    for (int bf16 = 0; bf16 < 2; bf16++) {
-        ck_assert_msg(parse(&o, err, "--matmul", bf16 ? "bf16" : "f32", NULL) == OPTIONS_RUN, "%s", err);
+    static const char *const NAMES[] = { "auto", "f32", "bf16" };
+    for (int bf16 = -1; bf16 < 2; bf16++) {
+        ck_assert_msg(parse(&o, err, "--matmul", NAMES[bf16 + 1], NULL) == OPTIONS_RUN, "%s", err);
         ck_assert_int_eq(o.bf16_matmul, bf16);
         options_session(&o, &src, &so);
         ck_assert_int_eq(so.bf16_matmul, bf16);
-        ck_assert_str_eq(matmul_name(so.bf16_matmul), bf16 ? "bf16" : "f32");
+        ck_assert_str_eq(matmul_name(so.bf16_matmul), NAMES[bf16 + 1]);
         options_free(&o);
     }
-    expect_error("--matmul: expected f32 or bf16, got 'f16'", "--matmul", "f16", NULL);
+    expect_error("--matmul: expected auto, f32 or bf16, got 'f16'", "--matmul", "f16", NULL);
     expect_error("option --matmul needs a value", "--matmul", NULL);
 }
 END_TEST

@@ -816,15 +816,19 @@ START_TEST(shape_2b_quality) {
     st_set *g = st_open_file(golden, err);
     ck_assert_msg(g != NULL, "%s", err);
     int n, *want = json_ints(cJSON_GetObjectItem(golden_case("shape-qwen3vl-2b", "image"), "greedy_ids"), &n);
-    for (int t = 0; t < 3; t++) {
-        qvl_quant q = t == 0 ? QVL_QUANT_NONE : t == 1 ? QVL_QUANT_Q8 : QVL_QUANT_Q4;
+    /* none, q8, q4 with float products, then q8 and q4 with the bf16 products
+     * the chat's --matmul default gives quantized weights */
+    for (int t = 0; t < 5; t++) {
+        qvl_quant q = t == 0 ? QVL_QUANT_NONE : t % 2 ? QVL_QUANT_Q8 : QVL_QUANT_Q4;
+        if (ops_set_bf16_matmul(t >= 3)) break;
         double t0 = qvl_now();
         qvl_model *m = load(dir, q);
         double t1 = qvl_now();
         case_result r = run_case(m, "shape-qwen3vl-2b", g, "image", n);
         int same = 1;
         for (int s = 0; s < n; s++) same &= r.greedy[s] == want[s];
-        fprintf(stderr, "shape-qwen3vl-2b %-4s: cosine %.6f, greedy ids %s (", quant_name(q), r.cos, same ? "identical" : "DIFFER");
+        fprintf(stderr, "shape-qwen3vl-2b %-4s, matmul %-4s: cosine %.6f, greedy ids %s (", quant_name(q),
+                t >= 3 ? "bf16" : "f32", r.cos, same ? "identical" : "DIFFER");
         for (int s = 0; s < n; s++) fprintf(stderr, "%s%d", s ? " " : "", r.greedy[s]);
         fprintf(stderr, "); matrices %.3f GB; load+quantize %.1f s, case %.1f s\n", matrix_gb(m), t1 - t0, qvl_now() - t1);
         if (q != QVL_QUANT_NONE) {
@@ -834,6 +838,7 @@ START_TEST(shape_2b_quality) {
         free(r.logits);
         model_free(m);
     }
+    ops_set_bf16_matmul(0);
     free(want);
     st_close(g);
 }
