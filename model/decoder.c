@@ -215,15 +215,14 @@ static void attention_heads(void *p, int begin, int end) {
     const qvl_cache *c = j->c;
     const qvl_text_config *tc = &c->m->cfg.text;
     int hd = tc->head_dim, group = tc->heads / tc->kv_heads, qd = tc->heads * hd, nk = j->past + j->n;
-    float *scores = malloc(sizeof(float) * (size_t)(j->n < ATTEND_QBLOCK ? j->n : ATTEND_QBLOCK) * (size_t)nk);
-    if (!scores) abort();
+    attend_scratch ws = { 0 };
     float scale = 1.0f / sqrtf((float)hd);
     for (int h = begin; h < end; h++) {
         int kvh = h / group;
         attend_block(j->out + (size_t)h * hd, qd, j->q + (size_t)h * hd, qd, cache_head(c, c->k, j->layer, kvh),
-                     cache_head(c, c->v, j->layer, kvh), c->kv, hd, j->n, nk, hd, scale, j->past, scores);
+                     cache_head(c, c->v, j->layer, kvh), c->kv, hd, j->n, nk, hd, scale, j->past, &ws);
     }
-    free(scores);
+    attend_scratch_free(&ws);
 }
 
 /* q/k RMSNorm per head and mRoPE, for new tokens [begin, end). */

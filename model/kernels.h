@@ -82,6 +82,15 @@ typedef struct {
                              int mr, int nr);
     void (*gemm_bf16_pack_b)(uint32_t *panel, const uint16_t *w, int64_t ld, int in_major, int cnt, int kc);
     void (*gemm_bf16_pack_a)(uint32_t *a, const float *x, int64_t lda, int rows, int kc);
+    /* dst[0..n) = src[0..n) as bf16, rounded to nearest even (vcvtneps2bf16:
+     * denormals to zero); NULL where gemm_bf16_kernel is. */
+    void (*narrow_bf16)(uint16_t *dst, const float *src, int n);
+    /* gemm_bf16_pack_a of a softmax's numerators: row m's inputs are
+     * exp(mul * (x[m][k] - shift[m])) while col0 + k < visible[m], else 0;
+     * sums[m] += their sum (in float, before the rounding to bf16).  NULL
+     * where gemm_bf16_kernel is. */
+    void (*gemm_bf16_pack_exp)(uint32_t *a, const float *x, int64_t lda, int rows, int kc, const float *shift,
+                               const int *visible, int col0, float mul, float *sums);
 } ops_kernels;
 
 /* NULL when the CPU (or the compiler's target) lacks the instructions.

@@ -303,7 +303,7 @@ AVX2 static void narrow_f16(uint16_t *dst, const float *src, int n) {
 
 static const ops_kernels table = {
     "avx2", prep_size, prep_x, dot_rows, axpy_rows, widen, 0, 0, NULL, NULL, NULL,
-    add, vmax, exp_sum, scale, silu_mul, silu, gelu_tanh, attn_scores, attn_values, narrow_f16, NULL, NULL, NULL,
+    add, vmax, exp_sum, scale, silu_mul, silu, gelu_tanh, attn_scores, attn_values, narrow_f16, NULL, NULL, NULL, NULL, NULL,
 };
 
 const ops_kernels *kernels_avx2(void) {

@@ -604,6 +604,64 @@ AVX512BF16 static void gemm_bf16_pack_a(uint32_t *a, const float *x, int64_t lda
     }
 }
 
+/* 2^t for t <= 0, to about 2e-6 relative (2^round(t) times a degree-5
+ * Taylor polynomial of 2^f, |f| <= 1/2): enough for exponentials rounded to
+ * bf16 next, and half exp16's work. */
+AVX512 static inline __m512 exp2_bf16(__m512 t) {
+    __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(t, n);
+    __m512 p = _mm512_set1_ps(1.3333558e-3f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022651e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* gemm_bf16_pack_a with the exponentials computed on the way: attention's
+ * scores go from its product to the next one's operand in one pass, and the
+ * caller divides the output rows by the sums (one division per value of
+ * the output instead of one per score).  exp(mul (x - shift)) is taken as
+ * 2^(x c - shift c), c = mul log2(e). */
+AVX512BF16 static void gemm_bf16_pack_exp(uint32_t *a, const float *x, int64_t lda, int rows, int kc, const float *shift,
+                                          const int *visible, int col0, float mul, float *sums) {
+    __m512 acc[GEMM_MR];
+    const float c = mul * 1.44269504088896341f;
+    const __m512 mu = _mm512_set1_ps(c);
+    for (int m = 0; m < GEMM_MR; m++) acc[m] = _mm512_setzero_ps();
+    for (int k = 0; k < kc; k += 32) {
+        int valid = kc - k < 32 ? kc - k : 32, pairs = (valid + 1) / 2;
+        __m512i r[16];
+        for (int m = 0; m < 16; m++) {
+            if (m >= rows || m >= GEMM_MR) { r[m] = _mm512_setzero_si512(); continue; }
+            int live = visible[m] - col0 - k;        /* inputs of this chunk that are exps */
+            if (live > valid) live = valid;
+            if (live <= 0) { r[m] = _mm512_setzero_si512(); continue; }
+            const float *src = x + (size_t)m * (size_t)lda + k;
+            int lo = live < 16 ? live : 16, hi = live - 16 > 0 ? live - 16 : 0;
+            __mmask16 m0 = (__mmask16)((1u << lo) - 1), m1 = (__mmask16)((1u << hi) - 1);
+            __m512 sh = _mm512_set1_ps(shift[m] * c);
+            __m512 e0 = _mm512_maskz_mov_ps(m0, exp2_bf16(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(m0, src), mu, sh)));
+            __m512 e1 = _mm512_maskz_mov_ps(m1, exp2_bf16(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(m1, src + 16), mu, sh)));
+            acc[m] = _mm512_add_ps(acc[m], _mm512_add_ps(e0, e1));
+            r[m] = (__m512i)_mm512_cvtne2ps_pbh(e1, e0);     /* e0's halves low, e1's high */
+        }
+        transpose16(r);
+        for (int j = 0; j < pairs; j++)
+            _mm512_mask_storeu_epi32(a + (size_t)(k / 2 + j) * GEMM_MR, (__mmask16)((1u << GEMM_MR) - 1), r[j]);
+    }
+    for (int m = 0; m < rows && m < GEMM_MR; m++) sums[m] += _mm512_reduce_add_ps(acc[m]);
+}
+
+AVX512BF16 static void narrow_bf16(uint16_t *dst, const float *src, int n) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(dst + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + i)));
+    if (i < n)
+        _mm256_mask_storeu_epi16(dst + i, tail_mask(n - i), (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(tail_mask(n - i), src + i)));
+}
+
 static int has_avx512_bf16(void) {
     __builtin_cpu_init();
     return kernels_avx512() && __builtin_cpu_supports("avx512bf16");
@@ -611,13 +669,13 @@ static int has_avx512_bf16(void) {
 
 static const ops_kernels table = {
     "avx512", prep_size, prep_x, dot_rows, axpy_rows, widen, GEMM_MR, GEMM_NR, gemm_kernel, gemm_pack_b, gemm_pack_a,
-    add, vmax, exp_sum, scale, silu_mul, silu, gelu_tanh, attn_scores, attn_values, narrow_f16, NULL, NULL, NULL,
+    add, vmax, exp_sum, scale, silu_mul, silu, gelu_tanh, attn_scores, attn_values, narrow_f16, NULL, NULL, NULL, NULL, NULL,
 };
 
 static const ops_kernels table_bf16 = {
     "avx512bf16", prep_size, prep_x, dot_rows, axpy_rows, widen, GEMM_MR, GEMM_NR, gemm_kernel, gemm_pack_b, gemm_pack_a,
     add, vmax, exp_sum, scale, silu_mul, silu, gelu_tanh, attn_scores, attn_values, narrow_f16,
-    gemm_bf16_kernel, gemm_bf16_pack_b, gemm_bf16_pack_a,
+    gemm_bf16_kernel, gemm_bf16_pack_b, gemm_bf16_pack_a, narrow_bf16, gemm_bf16_pack_exp,
 };
 
 const ops_kernels *kernels_avx512(void) {

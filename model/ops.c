@@ -574,6 +574,26 @@ void round_to_f16(uint16_t *dst, const float *src, int n) { kernels()->narrow_f1
  * ATTEND_QBLOCK at a time: scores for the keys the block can see, softmax,
  * then the weighted values.  Without it, two sgemm per block. */
 
+/* Slot `slot` of the scratch, at least `bytes` long (its contents are not
+ * kept when it grows).  A thread's calls over a layer's heads reuse the same
+ * memory: allocating it per call cost a tenth of a picture's attention in page
+ * faults. */
+enum { WS_KP, WS_VP, WS_AP, WS_SCORES, WS_K16, WS_V16 };
+static void *scratch(attend_scratch *ws, int slot, size_t bytes) {
+    if (ws->bytes[slot] < bytes) {
+        free(ws->buf[slot]);
+        ws->buf[slot] = malloc(bytes);
+        if (!ws->buf[slot]) abort();       /* a few MB at most */
+        ws->bytes[slot] = bytes;
+    }
+    return ws->buf[slot];
+}
+
+void attend_scratch_free(attend_scratch *ws) {
+    for (int i = 0; i < 6; i++) free(ws->buf[i]);
+    memset(ws, 0, sizeof *ws);
+}
+
 /* c[m, 0..n) = a[m, :kdim] . B (packed B: panels of nr columns, kdim deep in
  * blocks of GEMM_KC) for m < rows; a packed by pack_a. */
 static void packed_product(const ops_kernels *k, float *c, int ldc, const float *ap, int rows, const float *bp,
@@ -625,13 +645,13 @@ static void softmax_rows(const ops_kernels *kt, float *scores, int ld, int nq, i
 
 static void attend_packed(const ops_kernels *kt, float *out, int ldo, const float *q, int ldq, const void *k,
                           const void *v, qvl_dtype kv, int ldk, int nq, int nk, int dim, float scale, int causal_past,
-                          float *scores) {
+                          attend_scratch *ws) {
     int nr = kt->gemm_nr, qb = nq < ATTEND_QBLOCK ? nq : ATTEND_QBLOCK;
     size_t kpad = (size_t)(nk + nr - 1) / nr * nr, dpad = (size_t)(dim + nr - 1) / nr * nr;
     size_t apad = (size_t)padded_rows(kt, qb);
-    float *kp = malloc(sizeof(float) * kpad * dim), *vp = malloc(sizeof(float) * dpad * nk);
-    float *ap = malloc(sizeof(float) * apad * (dim > nk ? dim : nk));
-    if (!kp || !vp || !ap) abort();       /* a few MB at most */
+    float *kp = scratch(ws, WS_KP, sizeof(float) * kpad * dim), *vp = scratch(ws, WS_VP, sizeof(float) * dpad * nk);
+    float *ap = scratch(ws, WS_AP, sizeof(float) * apad * (dim > nk ? dim : nk));
+    float *scores = scratch(ws, WS_SCORES, sizeof(float) * (size_t)qb * nk);
     pack_panels(kt, kp, k, kv, ldk, 0, nk, dim);
     pack_panels(kt, vp, v, kv, ldk, 1, dim, nk);
     for (int i0 = 0; i0 < nq; i0 += qb) {
@@ -655,9 +675,22 @@ static void attend_packed(const ops_kernels *kt, float *out, int ldo, const floa
             }
         }
     }
-    free(kp);
-    free(vp);
-    free(ap);
+}
+
+/* Rows j < nke of keys (or values) of type kv, ldk apart, as bf16 rows of dim
+ * (rows from nk on zero). */
+static void narrow_rows_bf16(const ops_kernels *kt, uint16_t *dst, const void *m, qvl_dtype kv, int ldk, int nk, int nke,
+                             int dim, float *row) {
+    for (int j = 0; j < nke; j++) {
+        uint16_t *d = dst + (size_t)j * dim;
+        if (j >= nk) { memset(d, 0, sizeof(uint16_t) * (size_t)dim); continue; }
+        const float *src = (const float *)m + (size_t)j * ldk;
+        if (kv == QVL_F16) {
+            kt->widen(row, (const uint16_t *)m + (size_t)j * ldk, QVL_F16, dim);
+            src = row;
+        }
+        kt->narrow_bf16(d, src, dim);
+    }
 }
 
 /* attend_packed under ops_set_bf16_matmul: queries, keys, scores and values
@@ -666,23 +699,19 @@ static void attend_packed(const ops_kernels *kt, float *out, int ldo, const floa
  * column is zeroed after the softmax. */
 static void attend_packed_bf16(const ops_kernels *kt, float *out, int ldo, const float *q, int ldq, const void *k,
                                const void *v, qvl_dtype kv, int ldk, int nq, int nk, int dim, float scale,
-                               int causal_past) {
+                               int causal_past, attend_scratch *ws) {
     int nr = kt->gemm_nr, mr = kt->gemm_mr, qb = nq < ATTEND_QBLOCK ? nq : ATTEND_QBLOCK;
     int nke = nk + (nk & 1);
     size_t kpad = (size_t)(nk + nr - 1) / nr * nr, dpad = (size_t)(dim + nr - 1) / nr * nr;
     size_t apad = (size_t)padded_rows(kt, qb), widest = (size_t)(dim > nke ? dim : nke);
-    uint16_t *kb = malloc(sizeof(uint16_t) * (size_t)nke * dim), *vb = malloc(sizeof(uint16_t) * (size_t)nke * dim);
-    uint32_t *kp = malloc(sizeof(uint32_t) * kpad * dim / 2), *vp = malloc(sizeof(uint32_t) * dpad * nke / 2);
-    float *ap = malloc(sizeof(float) * apad * widest), *sc = malloc(sizeof(float) * (size_t)qb * nke);
-    if (!kb || !vb || !kp || !vp || !ap || !sc) abort();      /* a few MB at most */
-    for (int j = 0; j < nke; j++)
-        for (int d = 0; d < dim; d++) {
-            size_t at = (size_t)j * ldk + d;
-            float kf = j >= nk ? 0 : kv == QVL_F16 ? qvl_f16_to_f32(((const uint16_t *)k)[at]) : ((const float *)k)[at];
-            float vf = j >= nk ? 0 : kv == QVL_F16 ? qvl_f16_to_f32(((const uint16_t *)v)[at]) : ((const float *)v)[at];
-            kb[(size_t)j * dim + d] = qvl_f32_to_bf16(kf);
-            vb[(size_t)j * dim + d] = qvl_f32_to_bf16(vf);
-        }
+    uint16_t *kb = scratch(ws, WS_K16, sizeof(uint16_t) * (size_t)nke * dim);
+    uint16_t *vb = scratch(ws, WS_V16, sizeof(uint16_t) * (size_t)nke * dim);
+    uint32_t *kp = scratch(ws, WS_KP, sizeof(uint32_t) * kpad * dim / 2);
+    uint32_t *vp = scratch(ws, WS_VP, sizeof(uint32_t) * dpad * nke / 2);
+    float *ap = scratch(ws, WS_AP, sizeof(float) * apad * widest);
+    float *sc = scratch(ws, WS_SCORES, sizeof(float) * ((size_t)qb * nke > (size_t)dim ? (size_t)qb * nke : (size_t)dim));
+    narrow_rows_bf16(kt, kb, k, kv, ldk, nk, nke, dim, sc);      /* sc: a row's widened halves, until the scores */
+    narrow_rows_bf16(kt, vb, v, kv, ldk, nk, nke, dim, sc);
     /* K^T: panels of nr keys, dim deep; V: panels of nr dims, nke deep */
     for (int c0 = 0; c0 < nk; c0 += nr)
         for (int pc = 0; pc < dim; pc += GEMM_KC)
@@ -707,8 +736,23 @@ static void attend_packed_bf16(const ops_kernels *kt, float *out, int ldo, const
                                          kp + (size_t)c0 * (dim / 2) + (size_t)pc / 2 * nr, sc + (size_t)ir * seen_e + c0,
                                          seen_e, pc > 0, rows - ir < mr ? rows - ir : mr, seen - c0 < nr ? seen - c0 : nr);
         }
-        softmax_rows(kt, sc, seen_e, rows, seen, seen_e, scale, causal_past < 0 ? -1 : causal_past + i0);
-        pack_a(kt, 1, ap, sc, seen_e, rows, seen_e, 0, groups);
+        /* The softmax's numerators go straight into P's packing; the rows are
+         * divided by their sums once P.V is done. */
+        float shift[ATTEND_QBLOCK], sums[ATTEND_QBLOCK];
+        int visible[ATTEND_QBLOCK];
+        for (int i = 0; i < rows; i++) {
+            visible[i] = causal_past < 0 ? seen : causal_past + i0 + i + 1;
+            if (visible[i] > seen) visible[i] = seen;
+            shift[i] = kt->max(sc + (size_t)i * seen_e, visible[i]);
+            sums[i] = 0;
+        }
+        for (int pc = 0; pc < seen_e; pc += GEMM_KC) {
+            int kcb = seen_e - pc < GEMM_KC ? seen_e - pc : GEMM_KC;
+            for (int g = 0; g < groups; g++)
+                kt->gemm_bf16_pack_exp((uint32_t *)(void *)(ap + (size_t)pc * mpad + (size_t)g * mr * kcb),
+                                       sc + (size_t)g * mr * seen_e + pc, seen_e, rows - g * mr < mr ? rows - g * mr : mr,
+                                       kcb, shift + g * mr, visible + g * mr, pc, scale, sums + g * mr);
+        }
         for (int pc = 0; pc < seen_e; pc += GEMM_KC) {
             int kcb = seen_e - pc < GEMM_KC ? seen_e - pc : GEMM_KC;
             for (int c0 = 0; c0 < dim; c0 += nr)
@@ -717,36 +761,34 @@ static void attend_packed_bf16(const ops_kernels *kt, float *out, int ldo, const
                                          vp + (size_t)c0 * (nke / 2) + (size_t)pc / 2 * nr, out + (size_t)(i0 + ir) * ldo + c0,
                                          ldo, pc > 0, rows - ir < mr ? rows - ir : mr, dim - c0 < nr ? dim - c0 : nr);
         }
+        for (int i = 0; i < rows; i++) kt->scale(out + (size_t)(i0 + i) * ldo, dim, 1.0f / sums[i]);
     }
-    free(kb); free(vb); free(kp); free(vp); free(ap); free(sc);
 }
 
-/* Rows of halves as floats, for sgemm: n rows of dim, ld apart, into [n][dim]. */
-static float *widened_rows(const ops_kernels *kt, const void *m, int ld, int n, int dim) {
-    float *f = malloc(sizeof(float) * (size_t)n * (size_t)dim);
-    if (!f) abort();       /* as attend_packed's panels: a few MB at most */
+/* Rows of halves as floats, for sgemm: n rows of dim, ld apart, into f[n][dim]. */
+static float *widened_rows(const ops_kernels *kt, float *f, const void *m, int ld, int n, int dim) {
     for (int j = 0; j < n; j++)
         kt->widen(f + (size_t)j * dim, (const uint16_t *)m + (size_t)j * ld, QVL_F16, dim);
     return f;
 }
 
 void attend_block(float *out, int ldo, const float *q, int ldq, const void *k, const void *v, qvl_dtype kv, int ldk,
-                  int nq, int nk, int dim, float scale, int causal_past, float *scores) {
+                  int nq, int nk, int dim, float scale, int causal_past, attend_scratch *ws) {
     const ops_kernels *kt = kernels();
     if (nq <= 0 || nk <= 0) return;
     if (bf16_matmul && kt->gemm_bf16_kernel && dim % 2 == 0) {
-        attend_packed_bf16(kt, out, ldo, q, ldq, k, v, kv, ldk, nq, nk, dim, scale, causal_past);
+        attend_packed_bf16(kt, out, ldo, q, ldq, k, v, kv, ldk, nq, nk, dim, scale, causal_past, ws);
         return;
     }
     if (kt->gemm_mr) {
-        attend_packed(kt, out, ldo, q, ldq, k, v, kv, ldk, nq, nk, dim, scale, causal_past, scores);
+        attend_packed(kt, out, ldo, q, ldq, k, v, kv, ldk, nq, nk, dim, scale, causal_past, ws);
         return;
     }
     pthread_once(&blas_once, blas_single_threaded);
-    float *kw = NULL, *vw = NULL;
+    float *scores = scratch(ws, WS_SCORES, sizeof(float) * (size_t)(nq < ATTEND_QBLOCK ? nq : ATTEND_QBLOCK) * nk);
     if (kv == QVL_F16) {     /* sgemm wants floats: the head's keys and values widened once */
-        k = kw = widened_rows(kt, k, ldk, nk, dim);
-        v = vw = widened_rows(kt, v, ldk, nk, dim);
+        k = widened_rows(kt, scratch(ws, WS_KP, sizeof(float) * (size_t)nk * dim), k, ldk, nk, dim);
+        v = widened_rows(kt, scratch(ws, WS_VP, sizeof(float) * (size_t)nk * dim), v, ldk, nk, dim);
         ldk = dim;
     }
     for (int i0 = 0; i0 < nq; i0 += ATTEND_QBLOCK) {
@@ -757,6 +799,4 @@ void attend_block(float *out, int ldo, const float *q, int ldq, const void *k, c
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, dim, nk, 1.0f, scores, nk, v, ldk, 0.0f,
                     out + (size_t)i0 * ldo, ldo);
     }
-    free(kw);
-    free(vw);
 }

@@ -75,11 +75,16 @@ void round_to_f16(uint16_t *dst, const float *src, int n);
  * are ldq, ldk (k and v), ldo elements apart; k and v are of type kv, QVL_F32
  * or QVL_F16 (widened as they are prepared: the same bits as floats).  The keys and values are prepared
  * once per call, so a call should cover all of a head's queries; they are
- * scored ATTEND_QBLOCK at a time.  scores: min(nq, ATTEND_QBLOCK) * nk floats
- * of scratch. */
+ * scored ATTEND_QBLOCK at a time.  ws: the scratch memory (packed keys and
+ * values, scores) the call reuses, grown as needed. */
 #define ATTEND_QBLOCK 96
+typedef struct {
+    void *buf[6];
+    size_t bytes[6];
+} attend_scratch;      /* zero-initialize; one per thread; freed by attend_scratch_free */
 void attend_block(float *out, int ldo, const float *q, int ldq, const void *k, const void *v, qvl_dtype kv, int ldk,
-                  int nq, int nk, int dim, float scale, int causal_past, float *scores);
+                  int nq, int nk, int dim, float scale, int causal_past, attend_scratch *ws);
+void attend_scratch_free(attend_scratch *ws);
 
 /* OpenBLAS: our pool parallelizes around sgemm, so the library is kept at one
  * thread (done on first use).  Debian's OpenBLAS 0.3.21 misdetects recent CPUs

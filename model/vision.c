@@ -110,16 +110,13 @@ typedef struct {
     float *out;               /* [np, vh] */
     const qblock *blocks;
     const vdims *d;
-    int max_len;
 } vattn_job;
 
 /* Items are (frame, head) pairs. */
 static void vision_attention_items(void *p, int begin, int end) {
     vattn_job *j = p;
     const vdims *d = j->d;
-    int qb = j->max_len < ATTEND_QBLOCK ? j->max_len : ATTEND_QBLOCK;
-    float *scores = malloc(sizeof(float) * (size_t)qb * (size_t)j->max_len);
-    if (!scores) abort();
+    attend_scratch ws = { 0 };
     int stride = 3 * d->vh;
     float scale = 1.0f / sqrtf((float)d->hd);
     for (int item = begin; item < end; item++) {
@@ -128,9 +125,9 @@ static void vision_attention_items(void *p, int begin, int end) {
         const float *q = j->qkv + (size_t)b->q0 * stride + h * d->hd;
         const float *k = j->qkv + (size_t)b->k0 * stride + d->vh + h * d->hd;
         attend_block(j->out + (size_t)b->q0 * d->vh + h * d->hd, d->vh, q, stride, k, k + d->vh, QVL_F32, stride,
-                     b->nq, b->nk, d->hd, scale, -1, scores);
+                     b->nq, b->nk, d->hd, scale, -1, &ws);
     }
-    free(scores);
+    attend_scratch_free(&ws);
 }
 
 /* ---------------------------------------------------------------- mergers */
@@ -161,7 +158,7 @@ typedef struct {
     float *xn, *qkv, *att, *tmp, *mlp;   /* [np, vh], [np, 3vh], [np, vh], [np, vh], [np, vi] */
     float *cos, *sin;                    /* [np, hd] */
     qblock *blocks;                      /* query blocks, none across frames */
-    int nblocks, max_len;
+    int nblocks;
 } vscratch;
 
 /* The block MLP's activation: transformers' ACT2FN names.  "gelu" is the
@@ -202,7 +199,7 @@ static void vision_block(const qvl_vision_block *b, const char *act, float *x, c
     add_bias(s->qkv, b->qkv_b, np, 3 * vh);
     rotate_job rj = { s, d };
     parallel_for(np, rotate_rows, &rj);
-    vattn_job job = { s->qkv, s->att, s->blocks, d, s->max_len };
+    vattn_job job = { s->qkv, s->att, s->blocks, d };
     parallel_for(s->nblocks * d->heads, vision_attention_items, &job);
     matmul(s->tmp, s->att, &b->proj, np);
     add_bias(s->tmp, b->proj_b, np, vh);
@@ -262,10 +259,8 @@ static int check_inputs(const qvl_model *m, int n_patches, const qvl_grid *grids
 /* One query block per frame of every image. */
 static void query_blocks(vscratch *s, const qvl_grid *grids, int n_images) {
     s->nblocks = 0;
-    s->max_len = 0;
     for (int im = 0, row = 0; im < n_images; im++) {
         int len = grids[im].h * grids[im].w;
-        if (len > s->max_len) s->max_len = len;
         for (int t = 0; t < grids[im].t; t++, row += len)
             s->blocks[s->nblocks++] = (qblock){ row, len, row, len };
     }

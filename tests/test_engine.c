@@ -785,9 +785,10 @@ START_TEST(attention_block_matches_single_queries) {
     for (int i = 0; i < 2 * NK * LD; i++) kv[i] = (float)(lcg(&seed) % 2001) / 500.0f - 2.0f;
     const float *k = kv, *v = kv + NK * LD;
     float *out = malloc(sizeof(float) * NQ * LD), *scores = malloc(sizeof(float) * NQ * NK), ref[DIM];
+    attend_scratch ws = { 0 };
     for (int causal = 0; causal < 2; causal++) {
         int past = causal ? NK - NQ : -1;
-        attend_block(out, LD, q, LD, k, v, QVL_F32, LD, NQ, NK, DIM, 0.25f, past, scores);
+        attend_block(out, LD, q, LD, k, v, QVL_F32, LD, NQ, NK, DIM, 0.25f, past, &ws);
         for (int i = 0; i < NQ; i++) {
             attend(ref, q + i * LD, k, v, causal ? past + i + 1 : NK, LD, DIM, 0.25f, scores);
             for (int d = 0; d < DIM; d++)
@@ -796,6 +797,7 @@ START_TEST(attention_block_matches_single_queries) {
         }
     }
     free(q); free(kv); free(out); free(scores);
+    attend_scratch_free(&ws);
 }
 END_TEST
 

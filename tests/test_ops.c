@@ -22,6 +22,7 @@
 #include <time.h>
 
 #include "common.h"
+#include "kernels.h"
 #include "ops.h"
 #include "testutil.h"
 #include "threadpool.h"
@@ -275,7 +276,8 @@ START_TEST(bf16_attention_is_close_to_float) {
     enum { NQ = 30, NK = 37, DIM = 64, LD = 70 };
     uint32_t seed = 8;
     float *q = random_floats((size_t)NQ * LD, &seed, -1, 1), *k = random_floats((size_t)NK * LD, &seed, -1, 1);
-    float *v = random_floats((size_t)NK * LD, &seed, -1, 1), *scores = malloc(sizeof(float) * NQ * NK);
+    float *v = random_floats((size_t)NK * LD, &seed, -1, 1);
+    attend_scratch ws = { 0 };
     float *want = malloc(sizeof(float) * NQ * DIM), *got = malloc(sizeof(float) * NQ * DIM);
     /* the same keys and values as halves (an f16 KV cache) */
     uint16_t *kh = malloc(sizeof(uint16_t) * NK * LD), *vh = malloc(sizeof(uint16_t) * NK * LD);
@@ -288,15 +290,51 @@ START_TEST(bf16_attention_is_close_to_float) {
         for (int c = 0; c < 2; c++) {
             const void *kk = half ? (const void *)kh : k, *vv = half ? (const void *)vh : v;
             qvl_dtype t = half ? QVL_F16 : QVL_F32;
-            attend_block(want, DIM, q, LD, kk, vv, t, LD, NQ, NK, DIM, 0.125f, pasts[c], scores);
+            attend_block(want, DIM, q, LD, kk, vv, t, LD, NQ, NK, DIM, 0.125f, pasts[c], &ws);
             ops_set_bf16_matmul(1);
-            attend_block(got, DIM, q, LD, kk, vv, t, LD, NQ, NK, DIM, 0.125f, pasts[c], scores);
+            attend_block(got, DIM, q, LD, kk, vv, t, LD, NQ, NK, DIM, 0.125f, pasts[c], &ws);
             ops_set_bf16_matmul(0);
             double worst = 0;
             for (int i = 0; i < NQ * DIM; i++) worst = fmax(worst, fabs(got[i] - want[i]));
             ck_assert_msg(worst < 1e-2 && worst > 0, "f16 %d causal_past %d: largest difference %g", half, pasts[c], worst);
         }
-    free(q); free(k); free(v); free(kh); free(vh); free(scores); free(want); free(got);
+    free(q); free(k); free(v); free(kh); free(vh); free(want); free(got);
+    attend_scratch_free(&ws);
+}
+END_TEST
+
+/* The bf16 attention's softmax numerators, packed for the bf16 product:
+ * each value is exp(mul (x - shift)) of its row rounded to bf16 (within a
+ * bf16 step: the exponential is a polynomial good to about 2e-6), zero past
+ * the row's visible columns and in the rows past `rows`; the sums are the
+ * exponentials' to 1e-5, added to what was there. */
+START_TEST(bf16_softmax_numerators_are_packed) {
+    const ops_kernels *k = kernels_avx512_bf16();
+    if (!k) { fprintf(stderr, "no AVX512_BF16 here, skipped\n"); return; }
+    enum { MR = 12, KC = 70, LDA = 83, ROWS = 11, COL0 = 3 };
+    ck_assert_int_eq(k->gemm_mr, MR);
+    uint32_t seed = 9;
+    float *x = random_floats((size_t)MR * LDA, &seed, -30, 6), shift[MR], sums[MR];
+    int visible[MR] = { 73, 0, 1 + COL0, 40, 100, 2 + COL0, 69, 72, 3, 50, 60, 73 };
+    for (int m = 0; m < MR; m++) {
+        shift[m] = m % 3 ? 6.0f : (float)(m - 20);      /* exps below 1, and above */
+        sums[m] = 0.5f;
+    }
+    uint32_t a[KC / 2 * MR];
+    memset(a, 0xff, sizeof a);
+    k->gemm_bf16_pack_exp(a, x, LDA, ROWS, KC, shift, visible, COL0, 0.125f, sums);
+    for (int m = 0; m < MR; m++) {
+        double sum = 0.5;
+        for (int c = 0; c < KC; c++) {
+            uint16_t h = (uint16_t)(a[(c / 2) * MR + m] >> (16 * (c % 2)));
+            double want = m < ROWS && COL0 + c < visible[m] ? exp(0.125 * ((double)x[(size_t)m * LDA + c] - shift[m])) : 0;
+            sum += m < ROWS ? want : 0;
+            double got = qvl_bf16_to_f32(h);
+            ck_assert_msg(fabs(got - want) <= want / 256, "row %d column %d: %g, want %g", m, c, got, want);
+        }
+        if (m < ROWS) ck_assert_msg(fabs(sums[m] - sum) <= 1e-5 * sum, "row %d: sum %.8g, want %.8g", m, sums[m], sum);
+    }
+    free(x);
 }
 END_TEST
 
@@ -566,14 +604,15 @@ START_TEST(attention_block_f16_equals_f32) {
         float *q = random_floats((size_t)nq * ld, &seed, -1, 1);
         kv_pair k = random_halves((size_t)nk * ld, &seed), v = random_halves((size_t)nk * ld, &seed);
         float *out = malloc(sizeof(float) * (size_t)nq * ld), *ref = malloc(sizeof(float) * (size_t)nq * ld);
-        float *scores = malloc(sizeof(float) * (size_t)ATTEND_QBLOCK * nk), one[128];
+        float *scores = malloc(sizeof(float) * (size_t)nk), one[128];
+        attend_scratch ws = { 0 };
         float scale = 1.0f / sqrtf((float)dim);
         for (int causal = 0; causal < 2; causal++) {
             int past = causal ? nk - nq : -1;
             memset(out, 0, sizeof(float) * (size_t)nq * ld);
             memset(ref, 0, sizeof(float) * (size_t)nq * ld);
-            attend_block(out, ld, q, ld, k.h, v.h, QVL_F16, ld, nq, nk, dim, scale, past, scores);
-            attend_block(ref, ld, q, ld, k.f, v.f, QVL_F32, ld, nq, nk, dim, scale, past, scores);
+            attend_block(out, ld, q, ld, k.h, v.h, QVL_F16, ld, nq, nk, dim, scale, past, &ws);
+            attend_block(ref, ld, q, ld, k.f, v.f, QVL_F32, ld, nq, nk, dim, scale, past, &ws);
             ck_assert_msg(!memcmp(out, ref, sizeof(float) * (size_t)nq * ld), "%s dim %d causal %d: f16 and f32 differ",
                           KERNELS[_i], dim, causal);
             for (int i = 0; i < nq; i += 13) {
@@ -585,6 +624,7 @@ START_TEST(attention_block_f16_equals_f32) {
             }
         }
         free(q); free(k.h); free(k.f); free(v.h); free(v.f); free(out); free(ref); free(scores);
+        attend_scratch_free(&ws);
     }
     ops_force_kernel(NULL);
 }
@@ -722,6 +762,7 @@ int main(void) {
     tcase_add_test(k, unknown_kernel_is_refused);
     tcase_add_test(k, bf16_matmul_matches_rounded_reference);
     tcase_add_test(k, bf16_attention_is_close_to_float);
+    tcase_add_test(k, bf16_softmax_numerators_are_packed);
     tcase_add_loop_test(k, activations_match_libm, 0, NKERNELS);
     tcase_add_loop_test(k, softmax_matches_reference, 0, NKERNELS);
     tcase_add_loop_test(k, attention_groups_match_reference, 0, NKERNELS);
