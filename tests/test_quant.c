@@ -109,6 +109,36 @@ START_TEST(exact_values_round_trip) {
 }
 END_TEST
 
+/* q8 codes are exactly round(w / d), ties to even, with d = the block's
+ * max |w| / 127 rounded to float16: random blocks over 20 octaves, and
+ * blocks where d = 1/16 exactly and every other weight is a tie. */
+START_TEST(q8_codes_follow_the_formula) {
+    enum { IN = 32 * 40 };
+    static float w[IN];
+    for (int i = 0; i < IN; i++) {
+        int b = i / 32, j = i % 32;
+        int n = (j * 37 + b * 11) % 254 - 127;                  /* -127 .. 126 */
+        w[i] = b < 20 ? wrand() * ldexpf(1.0f, b - 10)
+             : j == 0 ? 127.0f / 16 : ((float)n + 0.5f) / 16;    /* |w| / d = |n + 1/2| < 127 */
+    }
+    static unsigned char row[IN + 2 * IN / 32];
+    quant_row(QVL_Q8, w, IN, row);
+    for (int b = 0; b < IN / 32; b++) {
+        float amax = 0;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(w[b * 32 + j]));
+        float d = qvl_f16_to_f32(qvl_f32_to_f16(amax / 127.0f));
+        uint16_t h = (uint16_t)(row[IN + 2 * b] | row[IN + 2 * b + 1] << 8);
+        ck_assert_msg(qvl_f16_to_f32(h) == d, "block %d: scale %g, want %g", b, qvl_f16_to_f32(h), d);
+        for (int j = 0; j < 32; j++) {
+            float v = nearbyintf(w[b * 32 + j] * (1.0f / d));
+            int want = v > 127 ? 127 : v < -127 ? -127 : (int)v;
+            ck_assert_msg((int8_t)row[b * 32 + j] == want, "block %d weight %d (%g): code %d, want %d", b, j,
+                          w[b * 32 + j], (int8_t)row[b * 32 + j], want);
+        }
+    }
+}
+END_TEST
+
 START_TEST(random_round_trip_error) {
     static const int INS[] = { 32, 48, 64, 100, 160, 2048 };
     for (int k = 0; k < 6; k++) {
@@ -849,6 +879,7 @@ static Suite *quant_suite(void) {
     TCase *f = tcase_create("formats");
     tcase_add_test(f, row_sizes);
     tcase_add_test(f, exact_values_round_trip);
+    tcase_add_test(f, q8_codes_follow_the_formula);
     tcase_add_test(f, random_round_trip_error);
     tcase_add_test(f, q4_search_fits_uniform_blocks);
     tcase_add_test(f, bind_checks_the_shape);
