@@ -132,33 +132,44 @@ static float block_amax(const float *w) {
     return amax;
 }
 
-/* d = amax / 127 (as a float16), codes round(w / d), rounded to nearest even
- * by adding and taking away 1.5 * 2^23 (|w / d| <= 127.5 here).  In SSE2,
- * which every x86-64 has, so the same bytes on every CPU: it was a scalar
- * loop, 2.7 s of the 6.6 s --quant q8 took to load the 2B shape, and writes
- * the same 2.3 GB byte for byte. */
-static void quant_block_q8(const float *w, int8_t *q, uint8_t *scale) {
+/* One block of 32 floats to int8 codes: d = max|x| / 127 (rounded to a
+ * float16 when f16_scale: the stored weights' scale), codes round(x / d),
+ * to nearest even by adding and taking away 1.5 * 2^23 (|x / d| <= 127.5
+ * here), within +-127; returns d, and the codes' sum in *sum when not NULL.
+ * In SSE2, which every x86-64 has, so the same bytes on every CPU.  (For the
+ * weights this was a scalar loop, 2.7 s of the 6.6 s --quant q8 took to load
+ * the 2B shape; it writes the same 2.3 GB byte for byte.) */
+static float block_to_int8(const float *x, int8_t *q, int f16_scale, int *sum) {
     const __m128 sign = _mm_set1_ps(-0.0f), magic = _mm_set1_ps(12582912.0f);
     const __m128 hi = _mm_set1_ps(127.0f), lo = _mm_set1_ps(-127.0f);
     __m128 v[8], m = _mm_setzero_ps();
     for (int k = 0; k < 8; k++) {
-        v[k] = _mm_loadu_ps(w + 4 * k);
+        v[k] = _mm_loadu_ps(x + 4 * k);
         m = _mm_max_ps(m, _mm_andnot_ps(sign, v[k]));
     }
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
     m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
-    float d = f16_round(_mm_cvtss_f32(m) / 127.0f), id = d != 0 ? 1.0f / d : 0;
-    const __m128 vid = _mm_set1_ps(id);
-    __m128i c[8];
+    float d = _mm_cvtss_f32(m) / 127.0f;
+    if (f16_scale) d = f16_round(d);
+    const __m128 vid = _mm_set1_ps(d != 0 ? 1.0f / d : 0);
+    __m128i s = _mm_setzero_si128(), c[8];
     for (int k = 0; k < 8; k++) {
         __m128 r = _mm_sub_ps(_mm_add_ps(_mm_mul_ps(v[k], vid), magic), magic);      /* to nearest even */
         c[k] = _mm_cvttps_epi32(_mm_max_ps(_mm_min_ps(r, hi), lo));
+        s = _mm_add_epi32(s, c[k]);
     }
     for (int k = 0; k < 8; k += 4)
         _mm_storeu_si128((__m128i *)(q + 4 * k),
                          _mm_packs_epi16(_mm_packs_epi32(c[k], c[k + 1]), _mm_packs_epi32(c[k + 2], c[k + 3])));
-    store_f16(scale, d);
+    if (sum) {
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+        *sum = _mm_cvtsi128_si32(s);
+    }
+    return d;
 }
+
+static void quant_block_q8(const float *w, int8_t *q, uint8_t *scale) { store_f16(scale, block_to_int8(w, q, 1, NULL)); }
 
 /* The q4 scale search: steps m / (-8 c) for Q4_STEPS values of c spread
  * evenly over [0.88, 1.12]. */
@@ -400,36 +411,10 @@ static inline int visit_pos(int nb, int b) {
 }
 
 /* One block of 32 activations to int8 codes (d = max|x| / 127, q =
- * round(x / d)); returns d, *sum = the codes' sum.  SSE2, which every x86-64
- * has: prefill quantizes every matmul's input, and in scalar C that was a
- * tenth of the product's time. */
-static float qact_block(const float *x, int8_t *q, int *sum) {
-    const __m128 sign = _mm_set1_ps(-0.0f), magic = _mm_set1_ps(12582912.0f);
-    const __m128 hi = _mm_set1_ps(127.0f), lo = _mm_set1_ps(-127.0f);
-    __m128 v[8], m = _mm_setzero_ps();
-    for (int k = 0; k < 8; k++) {
-        v[k] = _mm_loadu_ps(x + 4 * k);
-        m = _mm_max_ps(m, _mm_andnot_ps(sign, v[k]));
-    }
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
-    float d = _mm_cvtss_f32(m) / 127.0f, id = d != 0 ? 1.0f / d : 0;
-    const __m128 vid = _mm_set1_ps(id);
-    __m128i s = _mm_setzero_si128(), c[8];
-    for (int k = 0; k < 8; k++) {
-        __m128 r = _mm_sub_ps(_mm_add_ps(_mm_mul_ps(v[k], vid), magic), magic);      /* to nearest even */
-        c[k] = _mm_cvttps_epi32(_mm_max_ps(_mm_min_ps(r, hi), lo));
-        s = _mm_add_epi32(s, c[k]);
-    }
-    for (int k = 0; k < 8; k += 4) {
-        __m128i w = _mm_packs_epi16(_mm_packs_epi32(c[k], c[k + 1]), _mm_packs_epi32(c[k + 2], c[k + 3]));
-        _mm_storeu_si128((__m128i *)(q + 4 * k), w);
-    }
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-    *sum = _mm_cvtsi128_si32(s);
-    return d;
-}
+ * round(x / d)); returns d, *sum = the codes' sum.  Vectorized: prefill
+ * quantizes every matmul's input, and in scalar C that was a tenth of the
+ * product's time. */
+static float qact_block(const float *x, int8_t *q, int *sum) { return block_to_int8(x, q, 0, sum); }
 
 /* Block b of row r: its codes to q (32 bytes), and d, s. */
 static void qact_row_block(const qact *a, int r, int b, int8_t *q, float *d, int32_t *s) {
