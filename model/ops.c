@@ -608,7 +608,7 @@ static void *scratch(attend_scratch *ws, int slot, size_t bytes) {
 }
 
 void attend_scratch_free(attend_scratch *ws) {
-    for (int i = 0; i < 6; i++) free(ws->buf[i]);
+    for (size_t i = 0; i < sizeof ws->buf / sizeof ws->buf[0]; i++) free(ws->buf[i]);
     memset(ws, 0, sizeof *ws);
 }
 
@@ -713,8 +713,9 @@ static void narrow_rows_bf16(const ops_kernels *kt, uint16_t *dst, const void *m
 
 /* attend_packed under ops_set_bf16_matmul: queries, keys, scores and values
  * rounded to bf16 for the two products, which then run on the bf16 kernel.
- * The pairs want an even key count: an odd one gets a zero key, whose score
- * column is zeroed after the softmax. */
+ * The pairs want an even key count: an odd one gets a zero key, which like
+ * the keys past a query's causal limit gets a zero weight (the softmax's
+ * numerators are packed only up to the visible keys). */
 static void attend_packed_bf16(const ops_kernels *kt, float *out, int ldo, const float *q, int ldq, const void *k,
                                const void *v, qvl_dtype kv, int ldk, int nq, int nk, int dim, float scale,
                                int causal_past, attend_scratch *ws) {
