@@ -160,7 +160,7 @@ typedef struct {
 } collected;
 
 static void collect(worker *w, collected *c, int until_done, double timeout) {
-    double end = qvl_now() + timeout;
+    double end = qvl_now() + test_seconds(timeout);
     int target = c->done + until_done;
     while (qvl_now() < end) {
         worker_event ev;
@@ -225,7 +225,7 @@ START_TEST(worker_streams_a_reply) {
     qvl_part img[2] = { { .image_path = "/nonexistent.png" }, { .text = "x" } };
     worker_send(w, img, 2);
     worker_request_stats(w);
-    double end = qvl_now() + 5;
+    double end = qvl_now() + test_seconds(5);
     while (!c.send_failed && qvl_now() < end) collect(w, &c, 0, 0.05);
     ck_assert_int_eq(c.send_failed, 1);
     ck_assert_ptr_nonnull(strstr(c.last_error, "/nonexistent.png"));
@@ -243,16 +243,16 @@ START_TEST(worker_cancels_promptly) {
     qvl_part parts[1] = { { .text = "a long one" } };
     worker_send(w, parts, 1);
     worker_send(w, parts, 1);                               /* queued behind: dropped by cancel */
-    double end = qvl_now() + 5;
+    double end = qvl_now() + test_seconds(5);
     while (c.tokens < 5 && qvl_now() < end) collect(w, &c, 0, 0.01);
     double t0 = qvl_now();
     worker_cancel(w);
     collect(w, &c, 1, 5);
     double took = qvl_now() - t0;
     ck_assert_str_eq(c.finish, "cancelled");
-    ck_assert_msg(took < 0.2, "cancel took %.3f s", took);  /* one 20 ms step, plus scheduling */
+    ck_assert_msg(took < test_seconds(0.2), "cancel took %.3f s", took);  /* one 20 ms step, plus scheduling */
     ck_assert_int_lt(c.tokens, 400 / 3);
-    end = qvl_now() + 1;
+    end = qvl_now() + test_seconds(1);
     while (!c.dropped && qvl_now() < end) collect(w, &c, 0, 0.01);
     ck_assert_int_eq(c.dropped, 1);
     /* the conversation goes on */
@@ -288,7 +288,7 @@ START_TEST(worker_commands_and_load_failure) {
     worker_set_param(w, "bogus", "1");
     worker_load(w, path);
     worker_request_stats(w);
-    double end = qvl_now() + 5;
+    double end = qvl_now() + test_seconds(5);
     while ((c.cleared < 2 || c.errors < 1 || c.stats.turns != 1 || c.notices < 2) && qvl_now() < end)
         collect(w, &c, 0, 0.01);
     ck_assert_int_eq(c.cleared, 2);                          /* /clear and the /load */
@@ -436,7 +436,7 @@ START_TEST(tui_image_sixel_stream) {
     char *out = NULL, *dcs = NULL, *st = NULL;
     /* drawn after refresh; the pipe may hold the sequence's start before its
      * end, so wait for the string terminator too */
-    for (double end = qvl_now() + 10; !st && qvl_now() < end; usleep(50000)) {
+    for (double end = qvl_now() + test_seconds(10); !st && qvl_now() < end; usleep(50000)) {
         free(out);
         out = slurp(raw, &len);
         dcs = memmem(out, len, "\033[1;3H\033P", 8);               /* CUP row 1, column 3, then DCS */

@@ -113,6 +113,12 @@ int run_cmd(const char *cmd, char **out, char **err_out) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
+double test_seconds(double s) {
+    const char *m = getenv("CK_TIMEOUT_MULTIPLIER");
+    double k = m ? strtod(m, NULL) : 1.0;
+    return k > 1.0 ? s * k : s;
+}
+
 int run_suite(Suite *s) {
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

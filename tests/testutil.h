@@ -29,6 +29,12 @@ void write_file(const char *path, const void *data, size_t len);
  * Returns the exit status (or -1). Captured strings are malloc'd. */
 int run_cmd(const char *cmd, char **out, char **err_out);
 
+/* A test's waiting time: s seconds times CK_TIMEOUT_MULTIPLIER when that is
+ * set (Check scales its own per-test limits by it; the sanitizer builds set
+ * it, see Makefile.am), so a slow build on a busy machine waits longer
+ * instead of failing. */
+double test_seconds(double s);
+
 /* Runs a suite and returns the process exit status. */
 int run_suite(Suite *s);
 

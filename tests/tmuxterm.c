@@ -73,7 +73,7 @@ char *term_screen(term *t, int escapes) {
 
 /* Waits until the screen shows `text`; returns the screen (caller frees). */
 char *term_wait(term *t, const char *text, double timeout) {
-    double end = qvl_now() + timeout;
+    double end = qvl_now() + test_seconds(timeout);
     for (;;) {
         char *s = term_screen(t, 0);
         if (strstr(s, text)) return s;
@@ -86,7 +86,7 @@ char *term_wait(term *t, const char *text, double timeout) {
 }
 
 char *term_wait_settled(term *t, const char *text, double timeout) {
-    double end = qvl_now() + timeout;
+    double end = qvl_now() + test_seconds(timeout);
     char *prev = NULL;
     for (;;) {
         char *cur = term_screen(t, 1);
@@ -105,7 +105,7 @@ void term_wait_free(term *t, const char *text, double timeout) { free(term_wait(
 
 /* Waits until `text` is on screen row `row` (after a resize, say). */
 void term_wait_row(term *t, const char *text, int row, double timeout) {
-    double end = qvl_now() + timeout;
+    double end = qvl_now() + test_seconds(timeout);
     for (;;) {
         char *s = term_screen(t, 0);
         int at = row_of(s, text);
@@ -131,7 +131,7 @@ void term_keys(term *t, const char *keys) { sh(NULL, "tmux -S '%s' send-keys -t 
 /* Waits for the child's result line and checks it exited as expected with the
  * terminal modes restored and nothing on stderr. */
 char *term_finish(term *t, int expect_rc) {
-    double end = qvl_now() + 30;   /* sanitizer builds are slow to exit */
+    double end = qvl_now() + test_seconds(30);   /* sanitizer builds are slow to exit */
     struct stat st;
     while (stat(t->result, &st) != 0 || st.st_size == 0) {
         ck_assert_msg(qvl_now() < end, "the child did not exit");
