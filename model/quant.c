@@ -125,13 +125,6 @@ static inline __attribute__((always_inline)) float f16_round(float d) {
     return qvl_f16_to_f32(qvl_f32_to_f16(d));
 }
 
-/* Largest |w| of a block (NaN-blind plain compares, so it vectorizes). */
-static float block_amax(const float *w) {
-    float amax = 0;
-    for (int j = 0; j < QUANT_BLOCK; j++) { float a = fabsf(w[j]); amax = a > amax ? a : amax; }
-    return amax;
-}
-
 /* One block of 32 floats to int8 codes: d = max|x| / 127 (rounded to a
  * float16 when f16_scale: the stored weights' scale), codes round(x / d),
  * to nearest even by adding and taking away 1.5 * 2^23 (|x / d| <= 127.5
@@ -178,84 +171,67 @@ static const float q4_steps[Q4_STEPS] = {      /* 1 / (-8 c), c = 0.88, 0.91, ..
     -1 / 7.04f, -1 / 7.28f, -1 / 7.52f, -1 / 7.76f, -1 / 8.0f, -1 / 8.24f, -1 / 8.48f, -1 / 8.72f, -1 / 8.96f,
 };
 
-/* Codes for step d (as floats, -8..7), and the sums wq = sum(w q) and qq =
- * sum(q q).  In SSE2, which every x86-64 has, so that the search costs about
- * what one plain pass used to, and gives the same bytes on every CPU. */
-static void q4_try(const float *w, float d, float *c, float *wq, float *qq) {
-    const __m128 id = _mm_set1_ps(d != 0 ? 1.0f / d : 0), magic = _mm_set1_ps(12582912.0f);
-    const __m128 hi = _mm_set1_ps(7.0f), lo = _mm_set1_ps(-8.0f);
-    __m128 swq[4], sqq[4];
-    for (int k = 0; k < 4; k++) {        /* four lanes of 4: independent sums */
-        __m128 x0 = _mm_loadu_ps(w + 4 * k), x1 = _mm_loadu_ps(w + 16 + 4 * k);
-        __m128 v0 = _mm_sub_ps(_mm_add_ps(_mm_mul_ps(x0, id), magic), magic);     /* to nearest even */
-        __m128 v1 = _mm_sub_ps(_mm_add_ps(_mm_mul_ps(x1, id), magic), magic);
-        v0 = _mm_max_ps(_mm_min_ps(v0, hi), lo);
-        v1 = _mm_max_ps(_mm_min_ps(v1, hi), lo);
-        _mm_storeu_ps(c + 4 * k, v0);
-        _mm_storeu_ps(c + 16 + 4 * k, v1);
-        swq[k] = _mm_add_ps(_mm_mul_ps(x0, v0), _mm_mul_ps(x1, v1));
-        sqq[k] = _mm_add_ps(_mm_mul_ps(v0, v0), _mm_mul_ps(v1, v1));
-    }
-    __m128 a = _mm_add_ps(_mm_add_ps(swq[0], swq[1]), _mm_add_ps(swq[2], swq[3]));
-    __m128 b = _mm_add_ps(_mm_add_ps(sqq[0], sqq[1]), _mm_add_ps(sqq[2], sqq[3]));
-    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
-    b = _mm_add_ps(b, _mm_movehl_ps(b, b));
-    *wq = _mm_cvtss_f32(_mm_add_ss(a, _mm_shuffle_ps(a, a, 1)));
-    *qq = _mm_cvtss_f32(_mm_add_ss(b, _mm_shuffle_ps(b, b, 1)));
-}
+#define Q4_LANES 4
+#define Q4_TARGET
+#include "quant_q4.h"
+#undef Q4_LANES
+#undef Q4_TARGET
+#define Q4_LANES 8
+#define Q4_TARGET __attribute__((target("avx2")))
+#include "quant_q4.h"
+#undef Q4_LANES
+#undef Q4_TARGET
+#define Q4_LANES 16
+#define Q4_TARGET __attribute__((target("avx512f")))
+#include "quant_q4.h"
+#undef Q4_LANES
+#undef Q4_TARGET
+#define Q4_MAX_LANES 16
 
-/* Q4_0-like, with a search: m is the weight of largest magnitude and each
- * candidate step d = m / (-8 c) (c = 1 maps m onto -8 exactly) gives codes;
- * for those codes the least-squares scale sum(wq) / sum(qq) is tried too, and
- * the pair with the smallest squared error wins.  The error of scale s for
- * codes q is sum(ww) - 2 s sum(wq) + s^2 sum(qq), so a candidate costs one
- * pass.  A block of 32 rarely spans the range its step assumes, so a slightly
- * larger or smaller step (clipping the one extreme weight, or rounding the
- * bulk more finely) often fits it better: on uniform weights the search
- * lowers the squared error by 14% against c = 1 alone (17 steps over +-15%
- * gain only 0.3% more), and on the 2B shape it lifts the logits' cosine from
- * 0.965 to 0.970. */
-static void quant_block_q4(const float *w, int8_t *q, uint8_t *scale) {
-    float m = 0, amax = block_amax(w), ww = 0, c[QUANT_BLOCK], wq, qq;
-    for (int j = 0; j < QUANT_BLOCK; j++) if (fabsf(w[j]) == amax) { m = w[j]; break; }
-    for (int j = 0; j < QUANT_BLOCK; j++) ww += w[j] * w[j];
-    float best_d = 0, best_e = INFINITY, best_step = 0;
-    for (int k = 0; k < Q4_STEPS; k++) {
-        float step = f16_round(m * q4_steps[k]);
-        q4_try(w, step, c, &wq, &qq);
-        float d2 = qq > 0 ? f16_round(wq / qq) : 0;
-        float e1 = ww - 2 * step * wq + step * step * qq, e2 = ww - 2 * d2 * wq + d2 * d2 * qq;
-        float d = e2 < e1 ? d2 : step, e = e2 < e1 ? e2 : e1;
-        int better = e < best_e;
-        best_e = better ? e : best_e;
-        best_d = better ? d : best_d;
-        best_step = better ? step : best_step;
+static int cpu_kernel(void);
+enum { K_PORTABLE, K_AVX2, K_VNNI };
+
+/* The blocks of a q4 row, 16 at a time (zeros past in_pad, dropped), then
+ * packed group by group (see the format at the top). */
+static void quant_row_q4(const float *src, int in, uint8_t *row) {
+    int in_pad = quant_in_padded(in), nb = in_pad / QUANT_BLOCK;
+    uint8_t *scales = row + scales_offset(QVL_Q4, in_pad);
+    static void (*const search[])(const float *, int8_t *, float *) = { q4_blocks_4, q4_blocks_8, q4_blocks_16 };
+    static const int width[] = { 4, 8, 16 };
+    int k = cpu_kernel(), lanes = width[k];
+    float grp[Q4_MAX_LANES * QUANT_BLOCK], d[Q4_MAX_LANES];
+    int8_t q[Q4_MAX_LANES * QUANT_BLOCK];
+    for (int b0 = 0; b0 < nb; b0 += lanes) {     /* 128 weights or more: whole groups */
+        int i0 = b0 * QUANT_BLOCK, n = lanes * QUANT_BLOCK;
+        const float *w = src + i0;
+        if (i0 + n > in) {
+            for (int j = 0; j < n; j++) grp[j] = i0 + j < in ? src[i0 + j] : 0.0f;
+            w = grp;
+        }
+        search[k](w, q, d);
+        for (int b = b0; b < nb && b < b0 + lanes; b++) store_f16(scales + 2 * b, d[b - b0]);
+        for (int g0 = i0; g0 < in_pad && g0 < i0 + n; g0 += 128) {
+            int G = in_pad - g0 < 128 ? in_pad - g0 : 128;
+            const int8_t *qg = q + (g0 - i0);
+            for (int j = 0; j < G / 2; j++)
+                row[g0 / 2 + j] = (uint8_t)((qg[j] + 8) | (qg[j + G / 2] + 8) << 4);
+        }
     }
-    q4_try(w, best_step, c, &wq, &qq);      /* the winner's codes */
-    for (int j = 0; j < QUANT_BLOCK; j++) q[j] = (int8_t)c[j];
-    store_f16(scale, best_d);
 }
 
 void quant_row(qvl_dtype t, const float *src, int in, void *dst) {
+    if (t == QVL_Q4) { quant_row_q4(src, in, dst); return; }
     int in_pad = quant_in_padded(in);
     uint8_t *row = dst, *scales = row + scales_offset(t, in_pad);
     float blk[QUANT_BLOCK];
-    int8_t q[128];
-    for (int g0 = 0; g0 < in_pad; g0 += 128) {      /* q4's groups; q8 just walks the blocks */
-        int G = in_pad - g0 < 128 ? in_pad - g0 : 128;
-        for (int b = g0 / QUANT_BLOCK; b < (g0 + G) / QUANT_BLOCK; b++) {
-            int i0 = b * QUANT_BLOCK;
-            const float *w = src + i0;
-            if (i0 + QUANT_BLOCK > in) {            /* the padded tail */
-                for (int j = 0; j < QUANT_BLOCK; j++) blk[j] = i0 + j < in ? src[i0 + j] : 0.0f;
-                w = blk;
-            }
-            if (t == QVL_Q8) quant_block_q8(w, (int8_t *)row + i0, scales + 2 * b);
-            else quant_block_q4(w, q + (i0 - g0), scales + 2 * b);
+    for (int b = 0; b < in_pad / QUANT_BLOCK; b++) {
+        int i0 = b * QUANT_BLOCK;
+        const float *w = src + i0;
+        if (i0 + QUANT_BLOCK > in) {            /* the padded tail */
+            for (int j = 0; j < QUANT_BLOCK; j++) blk[j] = i0 + j < in ? src[i0 + j] : 0.0f;
+            w = blk;
         }
-        if (t == QVL_Q4)
-            for (int j = 0; j < G / 2; j++)
-                row[g0 / 2 + j] = (uint8_t)((q[j] + 8) | (q[j + G / 2] + 8) << 4);
+        quant_block_q8(w, (int8_t *)row + i0, scales + 2 * b);
     }
 }
 
@@ -919,7 +895,6 @@ static void qmm_tiles_vnni(void *p, int begin, int end) {
 
 /* ---------------------------------------------------------------- dispatch */
 
-enum { K_PORTABLE, K_AVX2, K_VNNI };
 static int best_kernel = -1, forced_kernel = -1;
 
 static int cpu_kernel(void) {

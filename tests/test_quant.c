@@ -175,6 +175,94 @@ START_TEST(random_round_trip_error) {
 }
 END_TEST
 
+/* The q4 search of quant.c's header, block by block in plain C: steps
+ * m / (-8 c) for c = 0.88, 0.91, ... 1.12 rounded to float16 (within
+ * +-65504), codes round(w / s) in -8..7, the least-squares scale for those
+ * codes, the least squared error winning (the first on ties), the sums added
+ * in the format's order. */
+static float f16_clamped(float x) {
+    x = x > 65504.0f ? 65504.0f : x < -65504.0f ? -65504.0f : x;
+    return qvl_f16_to_f32(qvl_f32_to_f16(x));
+}
+
+static void q4_sums(const float *w, float step, int8_t *q, float *wq, float *qq) {
+    float id = step != 0 ? 1.0f / step : 0, c[32], S[4], Q[4];
+    for (int j = 0; j < 32; j++) c[j] = fmaxf(fminf(nearbyintf(w[j] * id), 7.0f), -8.0f);
+    for (int l = 0; l < 4; l++) {
+        float pw[4], pq[4];
+        for (int k = 0; k < 4; k++) {
+            int j = 4 * k + l;
+            pw[k] = w[j] * c[j] + w[j + 16] * c[j + 16];
+            pq[k] = c[j] * c[j] + c[j + 16] * c[j + 16];
+        }
+        S[l] = (pw[0] + pw[1]) + (pw[2] + pw[3]);
+        Q[l] = (pq[0] + pq[1]) + (pq[2] + pq[3]);
+    }
+    *wq = (S[0] + S[2]) + (S[1] + S[3]);
+    *qq = (Q[0] + Q[2]) + (Q[1] + Q[3]);
+    if (q) for (int j = 0; j < 32; j++) q[j] = (int8_t)c[j];
+}
+
+static float q4_reference_block(const float *w, int8_t *q) {
+    static const float eight_c[9] = { 7.04f, 7.28f, 7.52f, 7.76f, 8.0f, 8.24f, 8.48f, 8.72f, 8.96f };
+    float amax = 0, m = 0, ww = 0, wq, qq;
+    for (int j = 0; j < 32; j++) if (fabsf(w[j]) > amax) amax = fabsf(w[j]);
+    for (int j = 0; j < 32; j++) if (fabsf(w[j]) == amax) { m = w[j]; break; }
+    for (int j = 0; j < 32; j++) ww += w[j] * w[j];
+    float best_e = INFINITY, best_d = 0, best_step = 0;
+    for (int k = 0; k < 9; k++) {
+        float step = f16_clamped(m * (-1 / eight_c[k]));
+        q4_sums(w, step, NULL, &wq, &qq);
+        float d2 = qq > 0 ? f16_clamped(wq / qq) : 0;
+        float e1 = ww - 2 * step * wq + step * step * qq, e2 = ww - 2 * d2 * wq + d2 * d2 * qq;
+        float d = e2 < e1 ? d2 : step, e = e2 < e1 ? e2 : e1;
+        if (e < best_e) { best_e = e; best_d = d; best_step = step; }
+    }
+    q4_sums(w, best_step, q, &wq, &qq);
+    return best_d;
+}
+
+/* Every kernel the CPU has quantizes q4 rows to the bytes of the reference:
+ * rows with a short last group and a padded tail, blocks of every magnitude
+ * (float16 scales that are subnormal, or clamped at 65504), a zero block, and
+ * ties for the largest magnitude. */
+START_TEST(q4_codes_follow_the_search) {
+    static const int INS[] = { 4160, 100, 1000, 512, 131072 };
+    for (int ii = 0; ii < 5; ii++) {
+        int in = INS[ii], in_pad = (in + 63) / 64 * 64, nb = in_pad / 32;
+        float *w = calloc((size_t)in_pad, sizeof *w);
+        for (int i = 0; i < in; i++) {
+            int b = i / 32;
+            w[i] = b % 7 == 3 ? 0.0f : wrand() * ldexpf(1.0f, b % 37 - 24);
+            if (b % 11 == 5) w[i] = (i % 32 == 4 ? -1.0f : i % 32 == 9 ? 1.0f : 0.5f * frand()) * 3.0f;
+            if (b == 8) w[i] = 1e6f * frand();
+        }
+        size_t bytes = quant_row_bytes(QVL_Q4, in);
+        unsigned char *want = calloc(bytes, 1), *got = malloc(bytes);
+        int8_t q[32];
+        for (int b = 0; b < nb; b++) {      /* packed as the header says */
+            uint16_t h = qvl_f32_to_f16(q4_reference_block(w + 32 * b, q));
+            want[in_pad / 2 + 2 * b] = (unsigned char)h;
+            want[in_pad / 2 + 2 * b + 1] = (unsigned char)(h >> 8);
+            for (int j = 0; j < 32; j++) {
+                int i = 32 * b + j, g0 = i & ~127, G = in_pad - g0 < 128 ? in_pad - g0 : 128, k = i - g0;
+                want[g0 / 2 + (k < G / 2 ? k : k - G / 2)] |= (unsigned char)((q[j] + 8) << (k < G / 2 ? 0 : 4));
+            }
+        }
+        for (int k = 0; k < 3; k++) {
+            if (quant_force_kernel(KERNELS[k]) != 0) continue;
+            memset(got, 0xAA, bytes);
+            quant_row(QVL_Q4, w, in, got);
+            for (size_t i = 0; i < bytes; i++)
+                ck_assert_msg(got[i] == want[i], "%s, in %d: byte %zu is %02x, want %02x", KERNELS[k], in, i,
+                              got[i], want[i]);
+        }
+        quant_force_kernel(NULL);
+        free(w); free(want); free(got);
+    }
+}
+END_TEST
+
 /* Uniform weights (what the synthetic checkpoints hold) span no block's
  * range exactly: the plain step max/8 leaves a relative RMS error of 6.4%,
  * the best of the searched steps about 5.9% (1/16 = 6.25% is the best any
@@ -881,6 +969,7 @@ static Suite *quant_suite(void) {
     tcase_add_test(f, exact_values_round_trip);
     tcase_add_test(f, q8_codes_follow_the_formula);
     tcase_add_test(f, random_round_trip_error);
+    tcase_add_test(f, q4_codes_follow_the_search);
     tcase_add_test(f, q4_search_fits_uniform_blocks);
     tcase_add_test(f, bind_checks_the_shape);
     suite_add_tcase(s, f);
