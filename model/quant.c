@@ -191,8 +191,9 @@ static const float q4_steps[Q4_STEPS] = {      /* 1 / (-8 c), c = 0.88, 0.91, ..
 static int cpu_kernel(void);
 enum { K_PORTABLE, K_AVX2, K_VNNI };
 
-/* The blocks of a q4 row, 16 at a time (zeros past in_pad, dropped), then
- * packed group by group (see the format at the top). */
+/* The blocks of a q4 row, as many at a time as the CPU's search has lanes
+ * (16, 8 or 4: whole groups of 128 weights; zeros past `in`, and the lanes
+ * past in_pad dropped), then packed group by group (the format at the top). */
 static void quant_row_q4(const float *src, int in, uint8_t *row) {
     int in_pad = quant_in_padded(in), nb = in_pad / QUANT_BLOCK;
     uint8_t *scales = row + scales_offset(QVL_Q4, in_pad);
@@ -201,7 +202,7 @@ static void quant_row_q4(const float *src, int in, uint8_t *row) {
     int k = cpu_kernel(), lanes = width[k];
     float grp[Q4_MAX_LANES * QUANT_BLOCK], d[Q4_MAX_LANES];
     int8_t q[Q4_MAX_LANES * QUANT_BLOCK];
-    for (int b0 = 0; b0 < nb; b0 += lanes) {     /* 128 weights or more: whole groups */
+    for (int b0 = 0; b0 < nb; b0 += lanes) {
         int i0 = b0 * QUANT_BLOCK, n = lanes * QUANT_BLOCK;
         const float *w = src + i0;
         if (i0 + n > in) {
