@@ -16,10 +16,12 @@
  * the workers fell asleep all complete. */
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common.h"
 #include "kernels.h"
@@ -701,23 +703,31 @@ START_TEST(dynamic_pool_runs_every_item_once) {
 END_TEST
 
 /* The thread that finishes first takes items from the back of a slow
- * thread's range. */
+ * thread's range.  The slow item (the caller's first) lasts until another
+ * thread has run one of the items after it, or 10 s (then the check below
+ * fails): a fixed sleep failed on a busy machine, where the other thread
+ * was not scheduled in time. */
 typedef struct {
     pthread_t who[64];
+    pthread_t caller;
+    atomic_int taken;                    /* another thread ran one of items 1..31 */
 } owner_job;
 
 static void note_owner(void *arg, int begin, int end) {
     owner_job *j = arg;
-    if (begin == 0) {                    /* the first thread's first item: slow */
-        struct timespec ts = { 0, 200 * 1000 * 1000 };
-        nanosleep(&ts, NULL);
+    if (begin == 0)
+        for (double until = qvl_now() + test_seconds(10); !atomic_load(&j->taken) && qvl_now() < until;)
+            usleep(1000);
+    for (int i = begin; i < end; i++) {
+        j->who[i] = pthread_self();
+        if (i > 0 && i < 32 && !pthread_equal(pthread_self(), j->caller)) atomic_store(&j->taken, 1);
     }
-    for (int i = begin; i < end; i++) j->who[i] = pthread_self();
 }
 
 START_TEST(dynamic_pool_moves_work_off_a_slow_thread) {
     ck_assert_int_eq(pool_set_threads(2), 2);
-    owner_job j;
+    owner_job j = { .caller = pthread_self() };
+    atomic_init(&j.taken, 0);
     parallel_for_dynamic(64, 1, note_owner, &j);
     int moved = 0;                       /* items 0..31 are the first thread's range */
     for (int i = 1; i < 32; i++) moved += !pthread_equal(j.who[i], j.who[0]);
