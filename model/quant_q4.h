@@ -78,7 +78,7 @@ Q4_TARGET static inline __attribute__((always_inline)) void q4_try(const q4f *t,
  * weight, or rounding the bulk more finely) often fits it better: on uniform
  * weights the search lowers the squared error by 14% against c = 1 alone (17
  * steps over +-15% gain only 0.3% more), and on the 2B shape it lifts the
- * logits' cosine from 0.965 to 0.970.  Sixteen blocks, w[l * 32 + j]: their
+ * logits' cosine from 0.965 to 0.970.  Q4_LANES blocks, w[l * 32 + j]: their
  * codes to q[l * 32 + j], their scales to d[l]. */
 Q4_TARGET static void Q4_JOIN(q4_blocks_, Q4_LANES)(const float *w, int8_t *q, float *d) {
     q4f t[QUANT_BLOCK], c[QUANT_BLOCK];
@@ -99,9 +99,8 @@ Q4_TARGET static void Q4_JOIN(q4_blocks_, Q4_LANES)(const float *w, int8_t *q, f
         Q4_F16_ROUND(step, m * q4_steps[k]);
         q4_try(t, &step, c, &wq, &qq);
         q4i pos = qq > 0.0f;
-        q4f ratio = Q4_SEL(pos, wq / qq, zero);
+        q4f ratio = Q4_SEL(pos, wq / qq, zero);      /* 0 stays +0 through the rounding */
         Q4_F16_ROUND(d2, ratio);
-        d2 = Q4_SEL(pos, d2, zero);
         q4f e1 = (ww - 2.0f * step * wq) + step * step * qq, e2 = (ww - 2.0f * d2 * wq) + d2 * d2 * qq;
         q4i lt = e2 < e1;
         q4f dk = Q4_SEL(lt, d2, step), ek = Q4_SEL(lt, e2, e1);
